@@ -1,0 +1,121 @@
+"""Training behaviour on the demo data: the run folder, resume after a kill, clean folds, fresh models, safe checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from movie_genre.data import load_split
+from movie_genre.demo import make_demo
+from movie_genre.train import TrainConfig, fold_datasets, load_checkpoint, train_fold, make_loader
+from movie_genre.data import load_or_make_folds
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING_COLUMNS = ['seconds', 'images_per_s']
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp('data') / 'demo', n_train=160, n_test=24)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv('MOVIE_GENRE_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def tiny(demo, runs, **kw):
+    return TrainConfig(**{'data_dir': str(demo), 'runs_dir': str(runs), 'run_name': 'r', 'folds': 4, 'epochs': 3,
+                          'image_size': 32, 'batch_size': 32, 'width': 16, **kw})
+
+
+def summary(cfg):
+    return pd.read_csv(cfg.fold_dir / 'summary.csv').drop(columns=TIMING_COLUMNS)
+
+
+def test_fold_writes_every_file_quickly(demo, tmp_path):
+    cfg = tiny(demo, tmp_path)
+    start = time.time()
+    result = train_fold(cfg)
+    assert time.time() - start < 120
+    names = {'config.json', 'summary.csv', 'best.pt', 'last.pt', 'oof.csv', 'test_probs.csv'}
+    assert names <= {p.name for p in cfg.fold_dir.iterdir()}
+    assert (tmp_path / 'r' / 'folds.csv').exists()
+    assert json.loads((cfg.fold_dir / 'config.json').read_text())['fold'] == 1
+    rows = summary(cfg)
+    assert len(rows) == 3 and {'train_loss', 'valid_loss', 'f1_micro', 'f1_macro', 'f1_samples', 'lr'} <= set(rows.columns)
+    oof, folds = pd.read_csv(cfg.fold_dir / 'oof.csv'), pd.read_csv(tmp_path / 'r' / 'folds.csv')
+    assert sorted(oof['id']) == sorted(folds.loc[folds['fold'] == 1, 'id'])
+    assert len(pd.read_csv(cfg.fold_dir / 'test_probs.csv')) == 24
+    assert result['best_epoch'] in (1, 2, 3)
+    state = load_checkpoint(cfg.fold_dir / 'best.pt')
+    assert state['genres'] == list(oof.columns[1:]) and state['title_shape'] == [15, 50]
+    # a finished fold is not retrained
+    mtime = (cfg.fold_dir / 'last.pt').stat().st_mtime_ns
+    train_fold(cfg)
+    assert (cfg.fold_dir / 'last.pt').stat().st_mtime_ns == mtime
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(demo, tmp_path):
+    whole = tiny(demo, tmp_path / 'whole', epochs=5)
+    train_fold(whole)
+    broken = tiny(demo, tmp_path / 'broken', epochs=5)
+    code = (f'from movie_genre.train import TrainConfig, train_fold\n'
+            f'train_fold(TrainConfig(**{json.dumps({k: getattr(broken, k) for k in ("data_dir", "runs_dir", "run_name", "folds", "epochs", "image_size", "batch_size", "width")})}))')
+    proc = subprocess.Popen([sys.executable, '-c', code], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = broken.fold_dir / 'summary.csv'
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(pd.read_csv(log)) >= 2: break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    done = len(pd.read_csv(log))
+    assert 2 <= done < 5, f'the kill came too late ({done} epochs done)'
+    train_fold(broken)
+    pd.testing.assert_frame_equal(summary(broken), summary(whole))
+    pd.testing.assert_frame_equal(pd.read_csv(broken.fold_dir / 'oof.csv'), pd.read_csv(whole.fold_dir / 'oof.csv'))
+
+
+def test_validation_ids_never_in_training_batches(demo, tmp_path):
+    cfg = tiny(demo, tmp_path, fold=2)
+    data = load_split(cfg.data_dir, image_size=32)
+    folds = load_or_make_folds(tmp_path / 'folds.csv', data, cfg.folds, cfg.fold_seed)
+    train_ds, valid_ds = fold_datasets(cfg, data, folds)
+    seen = torch.cat([b['id'] for b in make_loader(train_ds, 16, shuffle=True)]).tolist()
+    valid = set(folds.loc[folds['fold'] == 2, 'id'])
+    assert seen and not set(seen) & valid
+    assert set(seen) | valid == set(data.ids.tolist())
+    assert sorted(torch.cat([b['id'] for b in make_loader(valid_ds, 16)]).tolist()) == sorted(valid)
+
+
+def test_every_fold_starts_from_a_fresh_model(demo, tmp_path):
+    "Fold 2 trained after fold 1 in the same process ends exactly as fold 2 trained alone."
+    train_fold(tiny(demo, tmp_path / 'a', fold=1, epochs=2))
+    after = tiny(demo, tmp_path / 'a', fold=2, epochs=2)
+    train_fold(after)
+    alone = tiny(demo, tmp_path / 'b', fold=2, epochs=2)
+    train_fold(alone)
+    pd.testing.assert_frame_equal(summary(after), summary(alone))
+
+
+def test_unknown_or_mistyped_parameter_fails():
+    with pytest.raises(TypeError, match='fodl'): TrainConfig.from_dict({'fodl': 8})
+    with pytest.raises(TypeError, match='epochs'): TrainConfig.from_dict({'epochs': 'ten'})
+
+
+def test_pickled_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self): return (os.system, ('echo pwned',))
+    torch.save({'weights': Payload()}, tmp_path / 'evil.pt')
+    with pytest.raises(ValueError, match='pickled'): load_checkpoint(tmp_path / 'evil.pt')
+
+
+def test_nan_loss_stops_with_a_clear_message(demo, tmp_path):
+    with pytest.raises(FloatingPointError, match='last good epoch'):
+        train_fold(tiny(demo, tmp_path, lr=1e30, epochs=2, optimizer='adam', weight_decay=0.0))
