@@ -1,0 +1,213 @@
+"""`movie_genre.predict` on a tiny trained demo run: thresholds, single poster, folder and CSV modes,
+title encoding from word-vector files, and a clear error for each bad input."""
+import gzip
+import json
+import os
+import shutil
+from argparse import Namespace
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
+from movie_genre.data import load_split, parse_genres
+from movie_genre.demo import DEMO_GENRES, demo_word_vectors, make_demo, tokenize
+from movie_genre.metrics import decode, tune_thresholds
+from movie_genre.predict import (THRESHOLDS_FILE, Predictor, encode_title, finished_folds, predict_cli, predict_files,
+                                 read_word_vectors, run_thresholds)
+from movie_genre.train import TrainConfig, train_fold
+
+
+def write_vectors(path, vectors: dict, kind: str):
+    "A word-vector file of `kind`: 'word2vec' (text with header), 'glove' (no header), 'binary' (word2vec binary)."
+    dim = len(next(iter(vectors.values())))
+    with open(path, 'wb') as f:
+        if kind != 'glove': f.write(f'{len(vectors)} {dim}\n'.encode())
+        for word, vector in vectors.items():
+            if kind == 'binary': f.write(word.encode() + b' ' + np.asarray(vector, '<f4').tobytes() + b'\n')
+            else: f.write(f"{word} {' '.join(f'{x:.9g}' for x in vector)}\n".encode())
+    return path
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "A demo set and a run 'p' of two folds trained for one epoch on 32-pixel posters."
+    tmp = tmp_path_factory.mktemp('predict')
+    patch = pytest.MonkeyPatch()
+    patch.setenv('MOVIE_GENRE_CACHE', str(tmp / 'cache'))
+    data = make_demo(tmp / 'data', n_train=80, n_test=10)
+    for k in (1, 2):
+        train_fold(TrainConfig(data_dir=str(data), runs_dir=str(tmp / 'runs'), run_name='p', folds=2, fold=k,
+                               epochs=1, image_size=32))
+    yield SimpleNamespace(tmp=tmp, data=data, runs=tmp / 'runs', predictor=Predictor.from_run('p', runs_dir=tmp / 'runs'),
+                          vectors=write_vectors(tmp / 'vectors.txt', demo_word_vectors(50), 'word2vec'),
+                          train=pd.read_csv(data / 'train.csv'), test=pd.read_csv(data / 'test.csv'))
+    patch.undo()
+
+
+def test_thresholds_are_tuned_on_the_pooled_out_of_fold_probabilities(run):
+    saved = json.loads((run.runs / 'p' / THRESHOLDS_FILE).read_text())
+    assert saved['metric'] == 'macro' and saved['genres'] == DEMO_GENRES and saved['folds'] == [1, 2]
+    oof = pd.concat([pd.read_csv(run.runs / 'p' / f'fold{k}' / 'oof.csv') for k in (1, 2)], ignore_index=True)
+    data = load_split(run.data, 'train', image_size=32)
+    labels = data.labels[pd.Index(data.ids).get_indexer(oof['id'])]
+    expected = tune_thresholds(labels, oof[DEMO_GENRES].to_numpy(), metric='macro', max_genres=3)
+    assert np.allclose(saved['thresholds'], expected) and np.allclose(run.predictor.thresholds, expected)
+
+
+def test_saved_thresholds_are_used_and_stale_ones_retuned(run, tmp_path):
+    copy = shutil.copytree(run.runs / 'p', tmp_path / 'p')
+    mine = dict(metric='micro', genres=DEMO_GENRES[::-1], thresholds=[0.1 * i for i in range(8)])  # no 'folds': trusted
+    (copy / THRESHOLDS_FILE).write_text(json.dumps(mine))
+    predictor = Predictor.from_run('p', runs_dir=tmp_path)
+    assert np.allclose(predictor.thresholds, [0.1 * i for i in range(8)][::-1])
+    (copy / THRESHOLDS_FILE).write_text(json.dumps({**mine, 'folds': [1]}))  # tuned before fold 2 finished
+    assert run_thresholds(copy)['folds'] == [1, 2] and json.loads((copy / THRESHOLDS_FILE).read_text())['metric'] == 'macro'
+
+
+def test_one_poster_gives_the_probabilities_training_wrote(run):
+    movie = run.test.iloc[0]
+    result = run.predictor.predict(run.data / 'test' / f'{movie.id}.jpg', title_array=run.data / 'test_w2v' / f'{movie.id}.npy',
+                                   year=movie.year)
+    written = np.mean([pd.read_csv(run.runs / 'p' / f'fold{k}' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
+                       for k in (1, 2)], axis=0)
+    probs = np.array(list(result['probabilities'].values()))
+    assert list(result['probabilities']) == DEMO_GENRES and np.allclose(probs, written, atol=1e-5)
+    chosen = decode(probs[None], run.predictor.thresholds)[0]
+    assert list(result['genres']) == [DEMO_GENRES[g] for g in np.argsort(-probs, kind='stable') if chosen[g]]
+    assert 1 <= len(result['genres']) <= 3 and result['notes'] == []
+
+
+def test_one_fold_alone(run):
+    single = Predictor.from_run('p', runs_dir=run.runs, fold=2)
+    movie = run.test.iloc[1]
+    result = single.predict(run.data / 'test' / f'{movie.id}.jpg', title_array=run.data / 'test_w2v' / f'{movie.id}.npy', year=movie.year)
+    written = pd.read_csv(run.runs / 'p' / 'fold2' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
+    assert single.folds == [2] and np.allclose(list(result['probabilities'].values()), written, atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['word2vec', 'glove', 'binary', 'gzip'])
+def test_a_vectors_file_gives_the_data_title_arrays(run, tmp_path, kind):
+    path = write_vectors(tmp_path / 'vectors', demo_word_vectors(50), 'glove' if kind == 'gzip' else kind)
+    if kind == 'gzip':
+        path = tmp_path / 'vectors.txt.gz'
+        path.write_bytes(gzip.compress((tmp_path / 'vectors').read_bytes()))
+    rows = run.train.head(12)
+    vectors = read_word_vectors(path, {t for title in rows.title for t in tokenize(title)})
+    assert vectors.dim == 50 and set(vectors.vectors) <= set(demo_word_vectors(50))
+    for movie in rows.itertuples():
+        array, unknown = encode_title(movie.title, vectors, (15, 50))
+        assert np.array_equal(array, np.load(run.data / 'train_w2v' / f'{movie.id}.npy')), movie.title
+        assert set(unknown) == {t for t in tokenize(movie.title) if t not in demo_word_vectors(50)}
+    movie = rows.iloc[0]
+    poster = run.data / 'train' / f'{movie.id}.jpg'
+    from_title = run.predictor.predict(poster, movie.title, year=movie.year, vectors=path)
+    from_array = run.predictor.predict(poster, title_array=run.data / 'train_w2v' / f'{movie.id}.npy', year=movie.year)
+    assert from_title['probabilities'] == pytest.approx(from_array['probabilities'], abs=1e-6)
+
+
+def test_unknown_words_and_defaults_are_reported(run):
+    poster = run.data / 'test' / f'{run.test.id[0]}.jpg'
+    result = run.predictor.predict(poster, 'Love and the Zorblax Quimby', vectors=demo_word_vectors(50))
+    assert result['unknown_words'] == ['zorblax', 'quimby'] and result['year'] == run.predictor.median_year
+    assert any('no year' in note for note in result['notes'])
+    nothing_known = run.predictor.predict(poster, 'Zorblax', year=2001, vectors=run.vectors)
+    assert nothing_known['unknown_words'] == ['zorblax'] and 'no word of the title' in nothing_known['notes'][0]
+    assert 'no title' in run.predictor.predict(poster, no_title=True, year=2001)['notes'][0]
+
+
+def test_a_folder_of_posters(run, tmp_path, capsys):
+    for name, movie_id in zip(['love_heart', 'blood_night', 'laugh party'], run.test.id):
+        shutil.copy(run.data / 'test' / f'{movie_id}.jpg', tmp_path / f'{name}.jpg')
+    (tmp_path / 'broken.jpg').write_bytes(b'not a jpeg')
+    (tmp_path / 'readme.txt').write_text('not a poster')
+    table = predict_files(run.predictor, tmp_path, vectors=run.vectors, progress=False)
+    assert list(table.title) == ['blood night', 'broken', 'laugh party', 'love heart']
+    assert 'cannot read the poster' in table.error[1] and table.genres[1] is None and np.isnan(table.Drama[1])
+    assert (table.error.drop(1) == '').all() and all(1 <= len(g) <= 3 for g in table.genres.drop(1))
+    assert '1 of 4 movies could not be predicted' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='need word vectors'): predict_files(run.predictor, tmp_path)
+    poster_only = predict_files(run.predictor, tmp_path, no_title=True, progress=False)
+    assert poster_only.notes[0].startswith('no title')
+
+
+def test_a_csv_of_movies(run, tmp_path):
+    first, second = run.test.id[:2]
+    (tmp_path / 'posters').mkdir()
+    for movie_id in (first, second): shutil.copy(run.data / 'test' / f'{movie_id}.jpg', tmp_path / 'posters')
+    np.save(tmp_path / 'wide.npy', np.ones((15, 300), np.float32))
+    rows = pd.DataFrame([
+        dict(poster=f'posters/{first}.jpg', title='Blood Night', year=1982),
+        dict(poster=f'posters/{second}.jpg', title_array=str(run.data / 'test_w2v' / f'{second}.npy')),
+        dict(poster='posters/missing.jpg', title='Lost', year=1990),
+        dict(poster=f'posters/{first}.jpg', title='', year=1990),
+        dict(poster=f'posters/{first}.jpg', title='Wide', title_array='wide.npy'),
+        dict(poster=f'posters/{first}.jpg', title='Love', year='soon'),
+    ])
+    rows.to_csv(tmp_path / 'movies.csv', index=False)
+    table = predict_files(run.predictor, tmp_path / 'movies.csv', vectors=run.vectors, out=tmp_path / 'out' / 'pred.csv',
+                          progress=False)
+    assert list(table.error[:2]) == ['', ''] and table.year[0] == 1982
+    for row, message in [(2, 'no poster file'), (3, 'empty title'), (4, 'shape (15, 300)'), (5, 'year must be a number')]:
+        assert message in table.error[row], (row, table.error[row])
+    written = pd.read_csv(tmp_path / 'out' / 'pred.csv')
+    assert list(written.columns[:4]) == ['poster', 'title', 'year', 'genres'] and set(DEMO_GENRES) <= set(written.columns)
+    assert parse_genres(written.genres[0]) == table.genres[0] and np.allclose(written.Drama[:2], table.Drama[:2])
+
+
+def test_one_poster_through_predict_files_and_the_cli(run, tmp_path, capsys):
+    poster = run.data / 'test' / f'{run.test.id[0]}.jpg'
+    table = predict_files(run.predictor, poster, vectors=run.vectors, title='Love Story', year=1999)
+    assert len(table) == 1 and table.title[0] == 'Love Story' and table.error[0] == ''
+    args = Namespace(run_name='p', runs_dir=str(run.runs), fold=None, inputs=[str(poster)], title='Love Story', year=1999.0,
+                     title_array=None, vectors=str(run.vectors), out=None)
+    predict_cli(args)
+    assert capsys.readouterr().out.startswith(f'{poster}: {table.genres[0][0]} (')
+    out = tmp_path / 'pred.csv'
+    predict_cli(Namespace(**{**vars(args), 'inputs': [str(poster), str(poster)], 'title': None, 'year': None, 'out': str(out)}))
+    assert len(pd.read_csv(out)) == 2 and '2 predictions written' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='go with a single poster'):
+        predict_files(run.predictor, [poster, poster], vectors=run.vectors, title='Love')
+
+
+@pytest.mark.parametrize('poster, kwargs, error, message', [
+    ('nowhere.jpg', dict(title='Love'), FileNotFoundError, 'no poster file'),
+    ('broken.jpg', dict(title='Love'), ValueError, 'cannot read the poster'),
+    ('empty.jpg', dict(title='Love'), ValueError, 'cannot read the poster'),
+    ('good', dict(title='   '), ValueError, 'empty title'),
+    ('good', dict(), ValueError, 'empty title'),
+    ('good', dict(title='Love', vectors=None), ValueError, 'needs word vectors'),
+    ('good', dict(title='Love', vectors=demo_word_vectors(8)), ValueError, '8 dimensions'),
+    ('good', dict(title='Love', vectors='nowhere.txt'), FileNotFoundError, 'no word-vector file'),
+    ('good', dict(title_array=np.zeros((10, 50))), ValueError, 'shape (10, 50)'),
+    ('good', dict(title_array='nowhere.npy'), FileNotFoundError, 'no title array file'),
+    ('good', dict(title='Love', year='soon'), ValueError, 'year must be a number'),
+])
+def test_bad_input_for_one_movie_is_a_clear_error(run, tmp_path, poster, kwargs, error, message):
+    (tmp_path / 'broken.jpg').write_bytes(b'\xff\xd8\xff not really a jpeg')
+    (tmp_path / 'empty.jpg').write_bytes(b'')
+    poster = run.data / 'test' / f'{run.test.id[0]}.jpg' if poster == 'good' else tmp_path / poster
+    kwargs = {'vectors': run.vectors, **kwargs}
+    if kwargs['vectors'] == 'nowhere.txt': kwargs['vectors'] = tmp_path / 'nowhere.txt'
+    if isinstance(kwargs.get('title_array'), str): kwargs['title_array'] = tmp_path / kwargs['title_array']
+    with pytest.raises(error, match=message.replace('(', r'\(').replace(')', r'\)')):
+        run.predictor.predict(poster, **kwargs)
+
+
+def test_a_run_without_a_finished_fold_is_a_clear_error(run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run 'nothing'"): Predictor.from_run('nothing', runs_dir=tmp_path)
+    unfinished = tmp_path / 'u' / 'fold1'
+    unfinished.mkdir(parents=True)
+    shutil.copy(run.runs / 'p' / 'fold1' / 'best.pt', unfinished)  # training, not finished: no oof.csv yet
+    assert finished_folds(tmp_path / 'u') == [] and finished_folds(run.runs / 'p') == [1, 2]
+    with pytest.raises(FileNotFoundError, match='no finished fold'): Predictor.from_run('u', runs_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r'fold 3 .* not finished; the finished folds are \[1, 2\]'):
+        Predictor.from_run('p', runs_dir=run.runs, fold=3)
+
+
+def test_truncated_binary_vectors_are_refused(run, tmp_path):
+    path = write_vectors(tmp_path / 'vectors.bin', demo_word_vectors(50), 'binary')
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(ValueError, match='ends early'): read_word_vectors(path, ['nowhere'])
