@@ -144,9 +144,10 @@ def _run(args):
                             args.gpus.split(',') if args.gpus else None)
         if (table['status'] == 'failed').any(): sys.exit(1)
     elif args.command == 'evaluate':
-        run_notebook('05_evaluate.ipynb', project_path('reports') / args.run_name / '05_evaluate.ipynb',
-                     {**_params(args.param), 'run_name': args.run_name})
-        print(f"report: {project_path('reports') / args.run_name / 'report.md'}")
+        params = {**_params(args.param), 'run_name': args.run_name}
+        reports = project_path(params.get('reports_dir', 'reports')) / args.run_name
+        run_notebook('05_evaluate.ipynb', reports / '05_evaluate.ipynb', params)
+        print(f'report: {reports / "report.md"}')
     elif args.command == 'submit':
         from movie_genre.evaluate import make_submission
         make_submission(args.run_name, data_dir=args.data_dir, out=args.out, runs_dir=args.runs_dir)
