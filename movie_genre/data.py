@@ -8,6 +8,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NORMALIZE_LUT',
+__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NORMALIZE_LUT',
            'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres',
-           'poster_shape', 'read_poster', 'poster_cache', 'load_title_arrays', 'MovieData', 'load_split', 'make_folds',
-           'load_or_make_folds', 'train_transforms', 'eval_transforms', 'normalize', 'EpochSampler', 'MovieDataset',
-           'make_loader']
+           'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_lengths',
+           'load_title_arrays', 'MovieData', 'load_split', 'make_folds', 'load_or_make_folds', 'train_transforms',
+           'eval_transforms', 'normalize', 'EpochSampler', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -145,6 +146,27 @@ def poster_cache(files: list[Path | None], shape: tuple[int, int], name: str,
     return np.load(array_file, mmap_mode='r'), errors
 
 # %% ../nbs/01_dataset.ipynb #861efe11
+TOKEN_RE = re.compile(r"[a-z0-9]+|'[a-z]+")  # the tokenizer of the posters8 title arrays
+
+def tokenize(title: str) -> list[str]:
+    "Lowercase word tokens of `title`, as the title arrays were made."
+    return TOKEN_RE.findall(str(title).lower())
+
+def title_array(title: str, vectors: dict[str, np.ndarray], max_tokens: int = 15, dim: int | None = None) -> np.ndarray:
+    "A float32 `(max_tokens, dim)` array: one row per token of `title` in `vectors`, in order, zeros after; `dim` defaults to the vectors'."
+    if dim is None:
+        if not vectors: raise ValueError('the word vectors are empty: pass dim')
+        dim = len(next(iter(vectors.values())))
+    out = np.zeros((max_tokens, dim), np.float32)
+    for row, token in enumerate([t for t in tokenize(title) if t in vectors][:max_tokens]): out[row] = vectors[token]
+    return out
+
+# %% ../nbs/01_dataset.ipynb #a82577fb
+def title_lengths(arrays: np.ndarray) -> np.ndarray:
+    "Token counts of title arrays `(..., L, D)`: the rows up to the last non-zero one, as int64 `(...)`."
+    nonzero = np.abs(arrays).sum(-1) > 0
+    return np.where(nonzero.any(-1), nonzero.shape[-1] - np.argmax(nonzero[..., ::-1], axis=-1), 0).astype(np.int64)
+
 def load_title_arrays(files: list[Path | None]) -> tuple[np.ndarray, np.ndarray, dict]:
     "Title arrays stacked as float32 `(N, L, D)`, token counts `(N,)`, and `{index: (problem, detail)}` for bad files."
     arrays, errors = [None] * len(files), {}
@@ -164,11 +186,9 @@ def load_title_arrays(files: list[Path | None]) -> tuple[np.ndarray, np.ndarray,
             errors[i] = ('non-numeric title array', f'dtype {a.dtype}')
         elif not np.isfinite(a).all(): errors[i] = ('title array holds NaN or inf', '')
         else: out[i] = a
-    nonzero = np.abs(out).sum(-1) > 0
-    lengths = np.where(nonzero.any(1), shape[0] - np.argmax(nonzero[:, ::-1], axis=1), 0)
-    return out, lengths.astype(np.int64), errors
+    return out, title_lengths(out), errors
 
-# %% ../nbs/01_dataset.ipynb #a82577fb
+# %% ../nbs/01_dataset.ipynb #a2a2673b
 REQUIRED_COLUMNS = ['id', 'path', 'w2v_path', 'title', 'year']
 SHOWN_PROBLEMS = 10  # bad rows named in full in an error; the rest are counted
 
@@ -223,7 +243,7 @@ def _some(values, n: int = 5) -> str:
     values = sorted(values, key=str)
     return ', '.join(map(repr, values[:n])) + (f' and {len(values) - n} more' if len(values) > n else '')
 
-# %% ../nbs/01_dataset.ipynb #40bb3ade
+# %% ../nbs/01_dataset.ipynb #0ccf5215
 def load_split(data_dir='data', split: str = 'train', image_size: int = 128, aspect: float = 1.5,
                on_bad: str = 'raise', report_dir=None, genres: list[str] | None = None,
                workers: int | None = None) -> MovieData:
@@ -311,7 +331,7 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
     return MovieData(table[['id', 'title', 'year'] + (['genres'] if labelled else []) + ['poster', 'title_file']],
                      images, title_vectors[keep], title_len[keep], year, labels, genres)
 
-# %% ../nbs/01_dataset.ipynb #872eecee
+# %% ../nbs/01_dataset.ipynb #bc9a4a95
 def make_folds(data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFrame:
     "A `(id, fold)` table assigning every movie of `data` to one of the genre-stratified folds `1..n_folds`."
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
@@ -336,7 +356,7 @@ def load_or_make_folds(path, data: MovieData, n_folds: int = 8, seed: int = 42) 
     folds.to_csv(path, index=False)
     return folds
 
-# %% ../nbs/01_dataset.ipynb #bc9a4a95
+# %% ../nbs/01_dataset.ipynb #5d836f9b
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # uint8 value -> normalised float32, per channel: a (256, 1, 3) table for cv2.LUT
 NORMALIZE_LUT = ((np.arange(256)[:, None] / 255 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None, :]
@@ -361,7 +381,7 @@ def normalize(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8: raise TypeError(f'normalize expects a uint8 image, not {image.dtype}: transforms must not normalise')
     return cv2.LUT(image, NORMALIZE_LUT).transpose(2, 0, 1)
 
-# %% ../nbs/01_dataset.ipynb #5d836f9b
+# %% ../nbs/01_dataset.ipynb #357de322
 class EpochSampler(torch.utils.data.Sampler):
     "Yields `(positions, seed)` for each batch of `batch_size` of `n` items, shuffled per epoch when `shuffle`; call `set_epoch` each epoch."
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):

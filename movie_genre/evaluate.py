@@ -6,6 +6,8 @@
 from __future__ import annotations
 import functools
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from .metrics import (
     plot_roc_curves, threshold_table, tune_thresholds)
 
 # %% auto #0
-__all__ = ['FIGURES', 'read_labels', 'RunResult', 'load_run', 'Evaluation', 'cross_fitted_predictions', 'evaluate',
-           'plot_training_curves', 'write_figures', 'validate_submission', 'submission_frame', 'write_submission',
-           'make_submission', 'tta_comparison', 'markdown_table', 'write_report', 'evaluate_run']
+__all__ = ['THRESHOLDS_FILE', 'FIGURES', 'read_labels', 'RunResult', 'finished_folds', 'load_run', 'Evaluation',
+           'cross_fitted_predictions', 'evaluate', 'run_thresholds', 'plot_training_curves', 'write_figures',
+           'validate_submission', 'submission_frame', 'write_submission', 'make_submission', 'tta_comparison',
+           'markdown_table', 'write_report', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #05b9c4fb
 @functools.lru_cache(maxsize=4)
@@ -57,8 +60,8 @@ class RunResult:
     run_dir: Path
     config: dict                 # config.json of the first finished fold
     genres: list[str]
-    finished: list[int]          # folds with an oof.csv
-    missing: list[int]           # folds of folds.csv without one
+    finished: list[int]          # folds with a best.pt and an oof.csv (`finished_folds`)
+    missing: list[int]           # folds of folds.csv not finished
     missing_status: dict         # fold -> 'not started' or 'in progress: e of E epochs'
     ids: np.ndarray              # (N,) the finished folds' validation movies
     fold_of: np.ndarray          # (N,) the fold each of them was validated in
@@ -85,9 +88,16 @@ class RunResult:
 def _fold_list(folds) -> str: return ', '.join(map(str, folds)) or 'none'
 
 # %% ../nbs/04a_evaluation.ipynb #0ea61298
+def finished_folds(run_dir) -> list[int]:
+    "The fold numbers in `run_dir` whose `best.pt` and `oof.csv` both exist, in order."
+    run_dir = Path(run_dir)
+    folds = [int(m.group(1)) for d in run_dir.glob('fold*') if (m := re.fullmatch(r'fold(\d+)', d.name)) and d.is_dir()]
+    return sorted(k for k in folds if (run_dir / f'fold{k}' / 'best.pt').is_file() and (run_dir / f'fold{k}' / 'oof.csv').is_file())
+
 def _missing_status(fold_dir: Path) -> str:
-    "Why a fold has no oof.csv: never started, or still training (epochs done of planned)."
+    "Why a fold is not finished: never started, still training (epochs done of planned), or its best.pt is gone."
     if not (fold_dir / 'summary.csv').is_file(): return 'not started'
+    if (fold_dir / 'oof.csv').is_file(): return 'oof.csv without best.pt'
     epochs = json.loads((fold_dir / 'config.json').read_text()).get('epochs', '?') if (fold_dir / 'config.json').is_file() else '?'
     return f'in progress: {len(pd.read_csv(fold_dir / "summary.csv"))} of {epochs} epochs'
 
@@ -121,9 +131,10 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
     if not (run_dir / 'folds.csv').is_file(): raise FileNotFoundError(f'no {run_dir / "folds.csv"}: no fold of {run_name} has started')
     folds = pd.read_csv(run_dir / 'folds.csv')
     all_folds = sorted(int(k) for k in folds['fold'].unique())
-    finished = [k for k in all_folds if (run_dir / f'fold{k}' / 'oof.csv').is_file()]
+    finished = finished_folds(run_dir)
     missing = [k for k in all_folds if k not in finished]
-    if not finished: raise FileNotFoundError(f'no finished fold in {run_dir}: none of fold{all_folds[0]}..fold{all_folds[-1]} has an oof.csv yet')
+    if not finished:
+        raise FileNotFoundError(f'no finished fold in {run_dir}: none of fold{all_folds[0]}..fold{all_folds[-1]} has both best.pt and oof.csv yet')
 
     configs = {k: json.loads((run_dir / f'fold{k}' / 'config.json').read_text()) for k in finished}
     config = configs[finished[0]]
@@ -194,6 +205,29 @@ def evaluate(run: RunResult, metric: str = 'macro') -> Evaluation:
     return Evaluation(run, metric, thresholds, predictions, scores, per_genre, _fold_table(run, predictions, metric))
 
 # %% ../nbs/04a_evaluation.ipynb #64a13c41
+THRESHOLDS_FILE = 'thresholds.json'
+
+def _write_thresholds(run: RunResult, metric: str, thresholds) -> dict:
+    "Save `thresholds` (one per genre of `run`, tuned for `metric`) to the run's `thresholds.json`; return what was saved."
+    saved = dict(metric=metric, genres=run.genres, thresholds=[float(t) for t in thresholds], folds=run.finished,
+                 movies=len(run.ids))
+    path = run.run_dir / THRESHOLDS_FILE
+    partial = path.with_suffix('.partial')
+    partial.write_text(json.dumps(saved, indent=1))
+    os.replace(partial, path)  # a reader never sees a half-written file
+    return saved
+
+def run_thresholds(run_name: str, runs_dir='runs', metric: str | None = None, data_dir=None) -> dict:
+    "The run's saved `thresholds.json` when current, else thresholds tuned on its pooled OOF for `metric` (default: the run's), saved."
+    path = project_path(runs_dir) / run_name / THRESHOLDS_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get('folds') in (None, finished_folds(path.parent)) and metric in (None, saved.get('metric')): return saved
+    run = load_run(run_name, runs_dir, data_dir, verbose=False)
+    metric = metric or run.config['metric']
+    return _write_thresholds(run, metric, tune_thresholds(run.labels, run.probs, metric, run.max_genres))
+
+# %% ../nbs/04a_evaluation.ipynb #e37a02ce
 def plot_training_curves(summaries: pd.DataFrame, metric: str = 'macro') -> Figure:
     "Train loss, valid loss and valid `metric` F1 per epoch, one line per fold (best epoch marked)."
     missing = {'epoch', 'fold', 'train_loss', 'valid_loss', f'f1_{metric}'} - set(summaries.columns)
@@ -217,7 +251,7 @@ def plot_training_curves(summaries: pd.DataFrame, metric: str = 'macro') -> Figu
     fig.suptitle(f'Training curves ({len(folds)} folds)', fontsize=13)
     return fig
 
-# %% ../nbs/04a_evaluation.ipynb #e37a02ce
+# %% ../nbs/04a_evaluation.ipynb #5272646e
 FIGURES = {'confusion_matrices': 'Confusion matrices per genre', 'genre_heatmap': 'Predicted genres of the movies of each true genre',
            'pr_curves': 'Precision-recall curves (tuned thresholds as dots)', 'roc_curves': 'ROC curves',
            'training_curves': 'Training curves'}
@@ -238,7 +272,7 @@ def write_figures(ev: Evaluation, out_dir) -> dict[str, Path]:
                'training_curves': plot_training_curves(run.summaries, ev.metric)}
     return {name: _save(fig, out_dir / f'{name}.png') for name, fig in figures.items()}
 
-# %% ../nbs/04a_evaluation.ipynb #21fc1175
+# %% ../nbs/04a_evaluation.ipynb #e5825c7e
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, max_genres: int = 3) -> None:
     "Raise ValueError listing every way `sub` differs from the form of `sample` (columns, ids, 0/1, 1..max_genres a row)."
     if list(sub.columns) != list(sample.columns):
@@ -284,17 +318,18 @@ def write_submission(run: RunResult, thresholds, sample_file, out) -> Path:
     sub.to_csv(out, index=False)
     return out
 
-# %% ../nbs/04a_evaluation.ipynb #c18444c1
+# %% ../nbs/04a_evaluation.ipynb #d87acd85
 def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str = 'macro') -> Path:
     "Write the submission of run `run_name` (thresholds tuned for `metric` F1 on its OOF) to `out`; `data_dir` holds sample_submission.csv (default: the run's)."
     run = load_run(run_name, runs_dir, data_dir)
     data_dir = data_dir if data_dir is not None else run.config['data_dir']
-    thresholds = tune_thresholds(run.labels, run.probs, metric, run.max_genres)
-    out = write_submission(run, thresholds, project_path(data_dir) / 'sample_submission.csv', out)
+    saved = run_thresholds(run_name, runs_dir, metric, data_dir)  # the evaluation's, when it ran for this metric
+    by_genre = dict(zip(saved['genres'], saved['thresholds']))
+    out = write_submission(run, [by_genre[g] for g in run.genres], project_path(data_dir) / 'sample_submission.csv', out)
     print(f'submission of {run.name} ({len(run.test_folds)} folds averaged, thresholds tuned for {metric} F1) written to {out}')
     return out
 
-# %% ../nbs/04a_evaluation.ipynb #e4776ae1
+# %% ../nbs/04a_evaluation.ipynb #0ab02ca1
 def tta_comparison(run: RunResult, metric: str = 'macro', device: str = 'auto', data_dir=None) -> pd.DataFrame:
     "OOF F1s of the run's best weights without and with flipped-poster averaging (thresholds tuned for `metric` on each)."
     from movie_genre.data import load_split, make_loader
@@ -322,7 +357,7 @@ def tta_comparison(run: RunResult, metric: str = 'macro', device: str = 'auto', 
         rows[name] = f1_scores(run.labels, decode(p, tune_thresholds(run.labels, p, metric, run.max_genres), run.max_genres))
     return pd.DataFrame.from_dict(rows, orient='index').rename_axis('test-time augmentation')
 
-# %% ../nbs/04a_evaluation.ipynb #0ab02ca1
+# %% ../nbs/04a_evaluation.ipynb #c06be7a8
 def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
     "`table` (with its index as the first column) as a GitHub markdown table; floats rounded to `digits`, NaN blank."
     table = table.reset_index()
@@ -333,7 +368,7 @@ def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
     lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in table.itertuples(index=False)]
     return '\n'.join(lines)
 
-# %% ../nbs/04a_evaluation.ipynb #acebd93e
+# %% ../nbs/04a_evaluation.ipynb #3469fe93
 def _tta_sentence(ev: Evaluation) -> str:
     flip = 'with' if ev.run.config.get('tta', False) else 'without'
     text = f'The out-of-fold and test probabilities were predicted {flip} flipped-poster averaging (config `tta`).'
@@ -403,12 +438,14 @@ each fold with thresholds tuned on the other folds, the honest estimate for unse
     ev.files['report'] = path
     return path
 
-# %% ../nbs/04a_evaluation.ipynb #bbaa78fb
+# %% ../nbs/04a_evaluation.ipynb #b8702045
 def evaluate_run(run_name: str, runs_dir='runs', metric: str = 'macro', data_dir=None, reports_dir='reports',
                  measure_tta: bool = False, device: str = 'auto') -> Evaluation:
-    "Evaluate run `run_name` into `reports_dir/run_name/`: tables, figures, submission.csv (when possible), report.md."
+    "Evaluate run `run_name` into `reports_dir/run_name/` (tables, figures, submission.csv when possible, report.md) and save its thresholds for prediction."
     run = load_run(run_name, runs_dir, data_dir)
     ev = evaluate(run, metric)
+    _write_thresholds(run, metric, ev.thresholds)
+    ev.files[THRESHOLDS_FILE] = run.run_dir / THRESHOLDS_FILE
     out_dir = project_path(reports_dir) / run_name
     ev.files.update(write_figures(ev, out_dir))
     if measure_tta: ev.tta = tta_comparison(run, metric, device, data_dir)

@@ -5,7 +5,6 @@
 # %% ../nbs/06_predict.ipynb #5afb3562
 from __future__ import annotations
 import gzip
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,54 +16,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import (MovieData, MovieDataset, eval_transforms, make_loader, parse_genres, poster_shape,
-                              project_path, read_poster)
-from .demo import title_array as _title_array, tokenize
-from .metrics import decode, tune_thresholds
+from .data import (MovieData, MovieDataset, eval_transforms, make_loader, poster_shape, project_path,
+                              read_poster, title_lengths, tokenize)
+from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
+from .evaluate import THRESHOLDS_FILE, finished_folds, run_thresholds
+from .metrics import decode
 from .model import YEAR_CENTRE, build_model
 from .train import TrainConfig, amp_dtype, load_checkpoint, predict_probs, resolve_device
 
 # %% auto #0
-__all__ = ['THRESHOLDS_FILE', 'IMAGE_SUFFIXES', 'finished_folds', 'run_thresholds', 'WordVectors', 'read_word_vectors',
-           'as_word_vectors', 'title_rows', 'encode_title', 'Predictor', 'input_rows', 'predict_files', 'predict_cli']
+__all__ = ['IMAGE_SUFFIXES', 'WordVectors', 'read_word_vectors', 'as_word_vectors', 'encode_title', 'Predictor', 'input_rows',
+           'predict_files', 'predict_cli']
 
 # %% ../nbs/06_predict.ipynb #e2e15185
-def finished_folds(run_dir) -> list[int]:
-    "The fold numbers in `run_dir` whose `best.pt` and `oof.csv` both exist, in order."
-    run_dir = Path(run_dir)
-    folds = [int(m.group(1)) for d in run_dir.glob('fold*') if (m := re.fullmatch(r'fold(\d+)', d.name)) and d.is_dir()]
-    return sorted(k for k in folds if (run_dir / f'fold{k}' / 'best.pt').is_file() and (run_dir / f'fold{k}' / 'oof.csv').is_file())
-
-# %% ../nbs/06_predict.ipynb #1257ee0d
-THRESHOLDS_FILE = 'thresholds.json'
-
-def run_thresholds(run_dir) -> dict:
-    "The run's `{metric, genres, thresholds}`: from its `thresholds.json`, else tuned on its pooled out-of-fold probabilities and saved there."
-    run_dir = Path(run_dir)
-    path, folds = run_dir / THRESHOLDS_FILE, finished_folds(run_dir)
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get('folds', folds) == folds: return saved
-    if not folds: raise FileNotFoundError(f'{run_dir} has no finished fold (best.pt and oof.csv) to tune thresholds on')
-    config = json.loads((run_dir / f'fold{folds[0]}' / 'config.json').read_text())
-    oof = pd.concat([pd.read_csv(run_dir / f'fold{k}' / 'oof.csv') for k in folds], ignore_index=True)
-    genres = [c for c in oof.columns if c != 'id']
-    train_csv = project_path(config['data_dir']) / 'train.csv'
-    if not train_csv.is_file():
-        raise FileNotFoundError(f'cannot tune thresholds for {run_dir}: its true labels, {train_csv}, are missing '
-                                f'(put the data back, or write {path} with the run evaluation)')
-    truth = pd.read_csv(train_csv, usecols=['id', 'genres']).set_index('id')['genres']
-    unknown_ids = sorted(set(oof['id']) - set(truth.index))
-    if unknown_ids: raise ValueError(f'{len(unknown_ids)} out-of-fold ids of {run_dir} are not in {train_csv}, e.g. {unknown_ids[:5]}')
-    labels = np.array([[g in parse_genres(truth[i]) for g in genres] for i in oof['id']], np.float32)
-    thresholds = tune_thresholds(labels, oof[genres].to_numpy(), metric=config['metric'], max_genres=config['max_genres'])
-    saved = dict(metric=config['metric'], genres=genres, thresholds=[float(t) for t in thresholds], folds=folds, movies=len(oof))
-    partial = path.with_suffix('.partial')
-    partial.write_text(json.dumps(saved, indent=1))
-    os.replace(partial, path)  # a reader never sees a half-written file
-    return saved
-
-# %% ../nbs/06_predict.ipynb #e0fdf089
 @dataclass
 class WordVectors:
     "Word vectors by word, with their dimension (known even when none of the asked words was found)."
@@ -132,17 +96,12 @@ def read_word_vectors(path, words: Iterable[str] | None = None) -> WordVectors:
             if wanted is not None and len(vectors) == len(wanted): break
     return WordVectors(vectors, dim, str(path))
 
-# %% ../nbs/06_predict.ipynb #ab059c8e
+# %% ../nbs/06_predict.ipynb #e0fdf089
 def as_word_vectors(vectors) -> WordVectors:
     "`vectors` as `WordVectors`: a `WordVectors`, or a non-empty mapping of word to vector."
     if isinstance(vectors, WordVectors): return vectors
     if not vectors: raise ValueError('the word vectors are empty')
     return WordVectors(dict(vectors), len(next(iter(vectors.values()))))
-
-def title_rows(array: np.ndarray) -> int:
-    "The token count of a title array: the rows up to the last non-zero one (as `load_title_arrays` counts them)."
-    nonzero = np.flatnonzero(np.abs(array).sum(-1) > 0)
-    return int(nonzero[-1] + 1) if len(nonzero) else 0
 
 def encode_title(title: str, vectors, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
     "The `(L, D)` title array of `title` (one row per known token, zeros after) and its tokens without a vector."
@@ -150,12 +109,10 @@ def encode_title(title: str, vectors, shape: tuple[int, int]) -> tuple[np.ndarra
     if vectors.dim != dim:
         raise ValueError(f'the word vectors {vectors.source or ""} have {vectors.dim} dimensions, '
                          f'but the run was trained on {dim}-dimensional title arrays')
-    tokens = tokenize(title)
-    unknown = list(dict.fromkeys(t for t in tokens if t not in vectors.vectors))
-    if len(unknown) == len(set(tokens)): return np.zeros(shape, np.float32), unknown
-    return _title_array(title, vectors.vectors, length), unknown
+    unknown = list(dict.fromkeys(t for t in tokenize(title) if t not in vectors.vectors))
+    return _title_array(title, vectors.vectors, length, dim), unknown
 
-# %% ../nbs/06_predict.ipynb #3102e2fa
+# %% ../nbs/06_predict.ipynb #25f373d4
 def _missing(value) -> bool:
     "True for None and NaN (a CSV's empty cell)."
     return value is None or (isinstance(value, float) and np.isnan(value))
@@ -192,7 +149,7 @@ def _title_input(predictor: Predictor, title, title_array, vectors: WordVectors 
     if vectors is None: raise ValueError(f'the title {title!r} needs word vectors to be encoded: pass vectors= '
                                          f'(a word2vec or GloVe file), a title_array, or no_title=True')
     array, unknown = encode_title(str(title), vectors, shape)
-    notes = [] if title_rows(array) else ['no word of the title has a vector: predicted from the poster and year']
+    notes = [] if title_lengths(array) else ['no word of the title has a vector: predicted from the poster and year']
     known = sum(t in vectors.vectors for t in tokenize(str(title)))
     if known > shape[0]: notes.append(f'the title has {known} known words; only the first {shape[0]} are used')
     return array, unknown, notes
@@ -214,14 +171,14 @@ def _prepare(predictor: Predictor, poster, title=None, title_array=None, year=No
     return dict(poster=str(poster), title=None if _missing(title) else str(title), year=year, image=image,
                 title_array=array, unknown_words=unknown, notes=notes)
 
-# %% ../nbs/06_predict.ipynb #972b585c
+# %% ../nbs/06_predict.ipynb #a2b4cc59
 def _probs(predictor: Predictor, items: list[dict]) -> np.ndarray:
     "The fold-averaged probabilities `(N, G)` of prepared movies."
     if not items: return np.zeros((0, len(predictor.genres)), np.float32)
     images = np.stack([item['image'] for item in items])
     titles = np.stack([item['title_array'] for item in items])
     data = MovieData(pd.DataFrame({'id': np.arange(len(items))}), images, titles,
-                     np.array([title_rows(a) for a in titles], np.int64),
+                     title_lengths(titles),
                      np.array([item['year'] for item in items], np.float32), None, predictor.genres)
     loader = make_loader(MovieDataset(data, transform=eval_transforms(*images.shape[1:3])),
                          predictor.config.batch_size * 2, device=predictor.device.type)
@@ -252,7 +209,7 @@ def _table_row(genres: list[str], result: dict | None, row: dict, error: str = '
                 unknown_words=result['unknown_words'] if result else None,
                 notes='; '.join(result['notes']) if result else '', error=error)
 
-# %% ../nbs/06_predict.ipynb #e2068bcd
+# %% ../nbs/06_predict.ipynb #3102e2fa
 def _training_median_year(config: TrainConfig) -> float:
     "The median year of the run's training data, or the model's centre year when the data is gone."
     train_csv = project_path(config.data_dir) / 'train.csv'
@@ -299,7 +256,7 @@ class Predictor:
             model.load_state_dict(state['weights'])
             models.append(model.to(memory_format=torch.channels_last) if config.channels_last else model)
         genres, title_shape = recipe[0], recipe[1]
-        saved = run_thresholds(run_dir)
+        saved = run_thresholds(run_name, runs_dir)
         if sorted(saved['genres']) != sorted(genres):
             raise ValueError(f"{run_dir / THRESHOLDS_FILE} is for the genres {saved['genres']}, the run predicts {genres}")
         by_genre = dict(zip(saved['genres'], saved['thresholds']))
@@ -343,7 +300,7 @@ class Predictor:
             print('\n'.join([f'{len(bad)} of {len(table)} movies could not be predicted:', *lines, *more]))
         return table
 
-# %% ../nbs/06_predict.ipynb #02f1b39d
+# %% ../nbs/06_predict.ipynb #972b585c
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
 def _is_poster_file(path: Path) -> bool: return path.suffix.lower() in IMAGE_SUFFIXES
@@ -395,7 +352,7 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
         table.to_csv(out, index=False)
     return table
 
-# %% ../nbs/06_predict.ipynb #d1b3f8e8
+# %% ../nbs/06_predict.ipynb #e2068bcd
 def predict_cli(args) -> pd.DataFrame:
     "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out (and no_title)."
     predictor = Predictor.from_run(args.run_name, args.runs_dir, args.fold)

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
-from movie_genre.data import load_split, parse_genres
-from movie_genre.demo import DEMO_GENRES, demo_word_vectors, make_demo, tokenize
+from movie_genre.data import load_split, parse_genres, tokenize
+from movie_genre.demo import DEMO_GENRES, demo_word_vectors, make_demo
+from movie_genre.evaluate import THRESHOLDS_FILE, finished_folds, run_thresholds
 from movie_genre.metrics import decode, tune_thresholds
-from movie_genre.predict import (THRESHOLDS_FILE, Predictor, encode_title, finished_folds, predict_cli, predict_files,
-                                 read_word_vectors, run_thresholds)
+from movie_genre.predict import Predictor, encode_title, predict_cli, predict_files, read_word_vectors
 from movie_genre.train import TrainConfig, train_fold
 
 
@@ -64,7 +64,7 @@ def test_saved_thresholds_are_used_and_stale_ones_retuned(run, tmp_path):
     predictor = Predictor.from_run('p', runs_dir=tmp_path)
     assert np.allclose(predictor.thresholds, [0.1 * i for i in range(8)][::-1])
     (copy / THRESHOLDS_FILE).write_text(json.dumps({**mine, 'folds': [1]}))  # tuned before fold 2 finished
-    assert run_thresholds(copy)['folds'] == [1, 2] and json.loads((copy / THRESHOLDS_FILE).read_text())['metric'] == 'macro'
+    assert run_thresholds('p', tmp_path)['folds'] == [1, 2] and json.loads((copy / THRESHOLDS_FILE).read_text())['metric'] == 'macro'
 
 
 def test_one_poster_gives_the_probabilities_training_wrote(run):
