@@ -15,7 +15,8 @@ def test_notebooks_found():
 
 
 @pytest.mark.parametrize('notebook', NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook(notebook):
+def test_notebook(notebook, monkeypatch):
+    monkeypatch.setenv('IN_TEST', '1')  # test_nb sets it for good; this undoes it afterwards, so later subprocesses run for real
     skip_flags = get_config().tst_flags.split()
     ok, seconds = run_notebook(notebook, skip_flags=skip_flags, showerr=True)
     assert ok, f'{notebook.name} failed under nbdev_test (traceback above)'

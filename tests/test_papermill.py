@@ -46,8 +46,13 @@ def demo(tmp_path_factory):
     return make_demo(tmp_path_factory.mktemp('data') / 'demo', n_train=96, n_test=16)
 
 
+def clean_env(**extra) -> dict:
+    "This process's environment without nbdev's IN_TEST, which would switch the notebooks to their tiny test runs."
+    return {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, **extra}
+
+
 def papermill(*args, cwd=ROOT, env=None):
-    env = {**os.environ, 'MOVIE_GENRE_CACHE': str(Path(os.environ.get('TMPDIR', '/tmp')) / 'movie-genre-test-cache'), **(env or {})}
+    env = {**clean_env(), 'MOVIE_GENRE_CACHE': str(Path(os.environ.get('TMPDIR', '/tmp')) / 'movie-genre-test-cache'), **(env or {})}
     return subprocess.run([BIN / 'papermill', str(TRAIN_NB.relative_to(ROOT)), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, env=env)
 
@@ -79,14 +84,19 @@ def test_papermill_with_a_wrong_kernel_says_so(tmp_path):
     assert r.returncode != 0 and 'no-such-kernel' in r.stderr
 
 
-def test_driver_trains_several_folds_and_prints_their_table(demo, tmp_path):
-    env = {**os.environ, 'MOVIE_GENRE_CACHE': str(tmp_path / 'cache')}
-    r = subprocess.run([BIN / 'movie-genre', 'train', '--run-name', 'drv', '--folds', '1-2', '-p', 'data_dir', demo,
+def test_driver_trains_folds_in_parallel_reports_a_failed_one_and_prints_their_table(demo, tmp_path):
+    "Three folds on two 'GPUs' (CPU here); fold 2 has a corrupt checkpoint, fails, and the others still train."
+    env = clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache'))
+    broken = tmp_path / 'runs' / 'drv' / 'fold2'
+    broken.mkdir(parents=True)
+    (broken / 'last.pt').write_bytes(b'not a checkpoint')
+    r = subprocess.run([BIN / 'movie-genre', 'train', '--run-name', 'drv', '--folds', '1-3', '--gpus', '0,1', '-p', 'data_dir', demo,
                         '-p', 'runs_dir', tmp_path / 'runs', '-p', 'reports_dir', tmp_path / 'reports', '-p', 'epochs', '1',
                         '-p', 'image_size', '32', '-p', 'folds', '3'], cwd=ROOT, capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert '2 of 2 folds trained' in r.stdout and 'f1_macro' in r.stdout
-    for k in (1, 2): assert (tmp_path / 'runs' / 'drv' / f'fold{k}' / '04_train.ipynb').exists()
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '2 of 3 folds trained' in r.stdout and 'fold 2: FAILED' in r.stdout and 'f1_macro' in r.stdout
+    for k in (1, 3): assert (tmp_path / 'runs' / 'drv' / f'fold{k}' / 'oof.csv').exists()
+    assert (broken / '04_train.ipynb').exists() and (broken / 'papermill.log').exists()
     bad = subprocess.run([BIN / 'movie-genre', 'train', '--run-name', 'drv', '--folds', '1', '-p', 'fodl', '1'],
                          cwd=ROOT, capture_output=True, text=True, env=env)
-    assert bad.returncode != 0 and 'fodl' in bad.stderr
+    assert bad.returncode == 2 and 'fodl' in bad.stderr and 'Traceback' not in bad.stderr
