@@ -45,7 +45,11 @@ def _run_fold(fold: int, params: dict, gpu: str | None) -> tuple[int, str | None
     for name, value in params.items(): command += ['-p', name, str(value)]
     env = {**os.environ, **({'CUDA_VISIBLE_DEVICES': gpu} if gpu is not None else {})}
     log = cfg.fold_dir / 'papermill.log'
-    with open(log, 'w') as f: code = subprocess.call(command, env=env, stdout=f, stderr=subprocess.STDOUT)
+    with open(log, 'w') as f, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # all of it to the log; the per-epoch lines (no progress bars) to the console too
+            f.write(line)
+            if line.startswith(('fold ', 'early stop', 'resuming')) and '|' not in line: print(line, end='', flush=True)
+    code = proc.returncode
     return fold, None if code == 0 else f'papermill exited with {code}; see {log} and {cfg.fold_dir / "04_train.ipynb"}'
 
 def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs', metric: str = 'macro') -> pd.DataFrame:
