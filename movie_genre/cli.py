@@ -167,5 +167,5 @@ def quickstart():
     if not (data / 'train.csv').exists():
         from movie_genre.demo import make_demo
         print(f'no data in {data}: writing the synthetic demo set there'); make_demo(data)
-    train_folds({'run_name': 'demo', 'epochs': 15}, [1])
+    train_folds({'run_name': 'demo'}, [1])
     main(['evaluate', '--run-name', 'demo'])

@@ -57,13 +57,13 @@ class TrainConfig(ModelConfig):
     run_name: str = 'demo'
     runs_dir: str = 'runs'
     reports_dir: str = 'reports'  # where the notebooks put figures: <reports_dir>/<run_name>/
-    image_size: int = 128         # poster width; height = image_size * aspect
+    image_size: int = 64          # poster width; height = image_size * aspect (96x64: the benchmarked recipe)
     aspect: float = 1.5
-    epochs: int = 30
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = 1.0
     loss: str = 'bce'             # 'bce' or 'asl' (asymmetric loss)
     label_smoothing: float = 0.0
     mixup: float = 0.0            # Beta(mixup, mixup) blend of posters, titles and targets; 0 turns it off
