@@ -235,7 +235,6 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
     if test is None and (project_path(cfg.data_dir) / 'test.csv').exists():
         test = load_split(cfg.data_dir, 'test', cfg.image_size, cfg.aspect, cfg.on_bad, out, genres=data.genres)
     folds = load_or_make_folds(out.parent / 'folds.csv', data, cfg.folds, cfg.fold_seed)
-    (out / 'config.json').write_text(json.dumps(asdict(cfg), indent=1))
 
     train_ds, valid_ds = fold_datasets(cfg, data, folds)
     workers = cfg.num_workers if cfg.num_workers >= 0 else (0 if device.type == 'cpu' else min(8, os.cpu_count() or 1))
@@ -264,8 +263,9 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         rows = pd.read_csv(out / 'summary.csv').iloc[:start].to_dict('records')
         if state.get('finished'):
             print(f'fold {cfg.fold} of {cfg.run_name} is finished (overwrite=True retrains it)')
-            return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, retrain=False)
+            return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, trained=False)
         print(f'resuming fold {cfg.fold} of {cfg.run_name} at epoch {start}')
+    (out / 'config.json').write_text(json.dumps(asdict(cfg), indent=1))  # not rewritten for a finished fold
 
     def checkpoint(epoch, finished=False):
         # `weights` are the ones evaluation uses (the average when EMA is on); the rest is for resuming
@@ -286,8 +286,9 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
             if cfg.mixup > 0: batch = mixup(batch, cfg.mixup, mix_gen)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f'the loss became {loss.item()} at epoch {epoch + 1}, step {step}: stopping. '
+            loss_value = loss.item()  # the step's one device sync
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f'the loss became {loss_value} at epoch {epoch + 1}, step {step}: stopping. '
                                          f'{out / "last.pt"} holds the last good epoch; try a lower lr.')
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -295,7 +296,7 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             scaler.step(optimizer); scaler.update(); scheduler.step()
             if ema is not None: ema.update_parameters(model)
-            seen += len(batch['labels']); loss_sum += loss.item() * len(batch['labels'])
+            seen += len(batch['labels']); loss_sum += loss_value * len(batch['labels'])
             bar.set_postfix(loss=f'{loss_sum / seen:.4f}')
         train_seconds = time.time() - t0
         _, probs, valid_loss = predict_probs(ema.module if ema is not None else model, valid_dl, device,
@@ -317,19 +318,19 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         if finished:
             if since_best >= cfg.patience: print(f'early stop: no better {cfg.metric} F1 for {cfg.patience} epochs')
             break
-    return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, retrain=True)
+    return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, trained=True)
 
-def _finish(cfg, out, model, valid_dl, test, genres, device, dtype, rows, retrain) -> dict:
-    "Predict the validation fold and the test split with the best weights; write `oof.csv` and `test_probs.csv`."
-    model.load_state_dict(load_checkpoint(out / 'best.pt', device)['weights'])
-    if retrain or not (out / 'oof.csv').exists():
-        ids, probs, _ = predict_probs(model, valid_dl, device, tta=cfg.tta, dtype=dtype, channels_last=cfg.channels_last)
-        probs_frame(ids, probs, genres).to_csv(out / 'oof.csv', index=False)
+def _finish(cfg, out, model, valid_dl, test, genres, device, dtype, rows, trained) -> dict:
+    "Predict the test split and the validation fold with the best weights; `oof.csv`, written last, marks the fold finished."
+    if trained or not (out / 'oof.csv').exists():
+        model.load_state_dict(load_checkpoint(out / 'best.pt', device)['weights'])
         if test is not None:
             h, w = test.images.shape[1:3]
             test_dl = make_loader(MovieDataset(test, transform=eval_transforms(h, w)), cfg.batch_size * 2, device=device.type)
             ids, probs, _ = predict_probs(model, test_dl, device, tta=cfg.tta, dtype=dtype, channels_last=cfg.channels_last)
             probs_frame(ids, probs, genres).to_csv(out / 'test_probs.csv', index=False)
+        ids, probs, _ = predict_probs(model, valid_dl, device, tta=cfg.tta, dtype=dtype, channels_last=cfg.channels_last)
+        probs_frame(ids, probs, genres).to_csv(out / 'oof.csv', index=False)
     best = max(rows, key=lambda r: r[f'f1_{cfg.metric}'])
     return {'fold': cfg.fold, 'best_epoch': int(best['epoch']), 'epochs_run': len(rows),
             **{k: best[k] for k in ('f1_micro', 'f1_macro', 'f1_samples', 'valid_loss')}, 'fold_dir': str(out)}
