@@ -37,7 +37,8 @@ def notebook_path(name: str) -> Path:
     return path
 
 # %% ../nbs/07_cli.ipynb #72b2b9d9
-def _run_fold(fold: int, params: dict, gpu: str | None) -> tuple[int, str | None]:
+def _run_fold(fold: int, params: dict, gpu: str | None) -> str | None:
+    "Run `04_train.ipynb` for `fold` in its own papermill process; the error text, or None when it succeeded."
     cfg = TrainConfig.from_dict({**params, 'fold': fold})
     cfg.fold_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, '-m', 'papermill', str(notebook_path('04_train.ipynb')), str(cfg.fold_dir / '04_train.ipynb'),
@@ -50,7 +51,7 @@ def _run_fold(fold: int, params: dict, gpu: str | None) -> tuple[int, str | None
             f.write(line)
             if line.startswith(('fold ', 'early stop', 'resuming')) and '|' not in line: print(line, end='', flush=True)
     code = proc.returncode
-    return fold, None if code == 0 else f'papermill exited with {code}; see {log} and {cfg.fold_dir / "04_train.ipynb"}'
+    return None if code == 0 else f'papermill exited with {code}; see {log} and {cfg.fold_dir / "04_train.ipynb"}'
 
 def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs', metric: str = 'macro') -> pd.DataFrame:
     "Each fold's best epoch and its validation scores, from the folds' `summary.csv`."
@@ -76,7 +77,7 @@ def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | 
             try: fold = pending.pop(0)
             except IndexError: return
             print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
-            fold, error = _run_fold(fold, params, slot)
+            error = _run_fold(fold, params, slot)
             if error: failures[fold] = error
             print(f'fold {fold}: {"FAILED: " + error if error else "done"}', flush=True)
     slots = gpus or [None]

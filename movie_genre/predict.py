@@ -354,10 +354,10 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
 
 # %% ../nbs/06_predict.ipynb #e2068bcd
 def predict_cli(args) -> pd.DataFrame:
-    "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out (and no_title)."
+    "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out, no_title."
     predictor = Predictor.from_run(args.run_name, args.runs_dir, args.fold)
     table = predict_files(predictor, args.inputs, args.vectors, args.out, args.title, args.year, args.title_array,
-                          getattr(args, 'no_title', False))
+                          args.no_title)
     if len(table) == 1 and not table.error[0]:
         row = table.iloc[0]
         print(f'{row.poster}: ' + ', '.join(f'{g} ({row[g]:.2f})' for g in row.genres))

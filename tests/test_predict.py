@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 from argparse import Namespace
+from movie_genre.cli import build_parser
 from types import SimpleNamespace
 
 import numpy as np
@@ -161,8 +162,8 @@ def test_one_poster_through_predict_files_and_the_cli(run, tmp_path, capsys):
     poster = run.data / 'test' / f'{run.test.id[0]}.jpg'
     table = predict_files(run.predictor, poster, vectors=run.vectors, title='Love Story', year=1999)
     assert len(table) == 1 and table.title[0] == 'Love Story' and table.error[0] == ''
-    args = Namespace(run_name='p', runs_dir=str(run.runs), fold=None, inputs=[str(poster)], title='Love Story', year=1999.0,
-                     title_array=None, vectors=str(run.vectors), out=None)
+    args = build_parser().parse_args(['predict', '--run-name', 'p', '--runs-dir', str(run.runs), str(poster),
+                                      '--title', 'Love Story', '--year', '1999', '--vectors', str(run.vectors)])
     predict_cli(args)
     assert capsys.readouterr().out.startswith(f'{poster}: {table.genres[0][0]} (')
     out = tmp_path / 'pred.csv'
