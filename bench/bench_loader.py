@@ -1,5 +1,9 @@
 """Loader benchmark: poster cache build time, and images per second over one training epoch of our loader
-(cached posters) against the competition notebook's way (decode, resize and augment every poster every epoch).
+(cached uint8 posters, one warp per poster) against the competition notebook's way (decode, resize, augment and
+normalise every poster every epoch).
+
+Ours is timed on 128x128 squares, the notebook's own input and so the same pixels per poster, and on the
+project's 192x128 posters (the poster's 2:3).
 
     python bench/bench_loader.py [--data-dir ../shared/data/posters8] [--image-size 128] [--batch-size 64]
                                  [--limit N] [--notebook-limit 2000]
@@ -24,14 +28,26 @@ from movie_genre.data import (MovieDataset, load_split, make_loader, parse_genre
 REPO = Path(__file__).resolve().parents[1]
 
 
+def notebook_transforms(size: int) -> A.Compose:
+    "The competition notebook's per-poster pipeline, in albumentations 2.x: resize, five augmentations, normalise."
+    return A.Compose([
+        A.Resize(size, size),
+        A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), ratio=(0.9, 1.1)),
+        A.HorizontalFlip(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10), p=0.5),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.3),
+        A.Normalize(),
+    ])
+
+
 class NotebookDataset(torch.utils.data.Dataset):
     "The competition notebook's way: read, convert, resize, augment and normalise every poster on every access."
     def __init__(self, table: pd.DataFrame, data_dir: Path, genres: list[str], image_size: int):
         self.posters = [str(resolve_path(p, data_dir)) for p in table['path']]
         self.titles = [resolve_path(p, data_dir) for p in table['w2v_path']]
         self.labels = np.array([[g in parse_genres(gs) for g in genres] for gs in table['genres']], np.float32)
-        augment = train_transforms(image_size, image_size).transforms
-        self.transform = A.Compose([A.Resize(image_size, image_size), *augment, A.Normalize()])
+        self.transform = notebook_transforms(image_size)
     def __len__(self): return len(self.posters)
     def __getitem__(self, i):
         image = cv2.cvtColor(cv2.imread(self.posters[i]), cv2.COLOR_BGR2RGB)
@@ -74,32 +90,34 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         os.environ['MOVIE_GENRE_CACHE'] = str(Path(tmp) / 'cache')  # a cold cache, thrown away afterwards
         source = subset_folder(data_dir, args.limit, Path(tmp))
-        start = time.perf_counter()
-        data = load_split(source, 'train', args.image_size)
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
-        data = load_split(source, 'train', args.image_size)
-        warm = time.perf_counter() - start
-        n = len(data)
-        h, w = poster_shape(args.image_size)
-        print(f'{n} movies from {data_dir}, posters cached at {h}x{w}, batch {args.batch_size}, {os.cpu_count()} CPUs')
-        print(f'load_split, cold cache (validate + decode every poster): {cold:6.1f} s  ({n / cold:,.0f} posters/s)')
-        print(f'load_split, warm cache (validate, reuse the cache):      {warm:6.1f} s')
         ours = {}
-        for workers in (0, 2):
-            loader = make_loader(MovieDataset(data, transform=train_transforms(h, w)), args.batch_size,
-                                 shuffle=True, num_workers=workers)
-            ours[workers] = images_per_second(loader, n)
-            print(f'ours, train transforms, num_workers={workers}:             {ours[workers]:8,.0f} images/s')
-            del loader
+        for aspect in (1.0, 1.5):
+            start = time.perf_counter()
+            data = load_split(source, 'train', args.image_size, aspect)
+            cold = time.perf_counter() - start
+            start = time.perf_counter()
+            data = load_split(source, 'train', args.image_size, aspect)
+            warm = time.perf_counter() - start
+            n, (h, w) = len(data), poster_shape(args.image_size, aspect)
+            print(f'{n} movies from {data_dir}, posters cached at {h}x{w}, batch {args.batch_size}, {os.cpu_count()} CPUs')
+            print(f'  load_split, cold cache (validate + decode every poster): {cold:6.1f} s  ({n / cold:,.0f} posters/s)')
+            print(f'  load_split, warm cache (validate, reuse the cache):      {warm:6.1f} s')
+            for workers in (0, 2):
+                loader = make_loader(MovieDataset(data, transform=train_transforms(h, w)), args.batch_size,
+                                     shuffle=True, num_workers=workers)
+                ours[aspect, workers] = images_per_second(loader, n)
+                print(f'  ours, train transforms, num_workers={workers}: {ours[aspect, workers]:8,.0f} images/s')
+                del loader
         table = pd.read_csv(source / 'train.csv')
         if args.notebook_limit: table = table.sample(min(args.notebook_limit, len(table)), random_state=0)
         notebook = torch.utils.data.DataLoader(NotebookDataset(table, source, data.genres, args.image_size),
                                                batch_size=args.batch_size, shuffle=True, num_workers=0)
         theirs = images_per_second(notebook, len(table))
-        print(f"notebook's way ({len(table)} movies, {args.image_size}x{args.image_size}), num_workers=0: {theirs:8,.0f} images/s")
-        print(f'speed-up: {ours[0] / theirs:.1f}x with num_workers=0, {ours[2] / theirs:.1f}x with num_workers=2')
-
+        size = args.image_size
+        print(f"notebook's way ({len(table)} movies, {size}x{size}), num_workers=0: {theirs:8,.0f} images/s")
+        for aspect, shape in ((1.0, f'{size}x{size}'), (1.5, '{}x{}'.format(*poster_shape(size, 1.5)))):
+            print(f'speed-up at {shape}: {ours[aspect, 0] / theirs:.1f}x with num_workers=0, '
+                  f'{ours[aspect, 2] / theirs:.1f}x with num_workers=2')
 
 if __name__ == '__main__':
     main()

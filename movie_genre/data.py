@@ -24,11 +24,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NORMALIZE_LUT',
-           'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres',
-           'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_lengths',
-           'load_title_arrays', 'MovieData', 'load_split', 'make_folds', 'load_or_make_folds', 'train_transforms',
-           'eval_transforms', 'normalize', 'EpochSampler', 'MovieDataset', 'make_loader']
+__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'project_root', 'project_path', 'cache_dir',
+           'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'poster_shape', 'read_poster', 'poster_cache',
+           'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split', 'make_folds',
+           'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
+           'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -357,18 +357,49 @@ def load_or_make_folds(path, data: MovieData, n_folds: int = 8, seed: int = 42) 
     return folds
 
 # %% ../nbs/01_dataset.ipynb #5d836f9b
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# uint8 value -> normalised float32, per channel: a (256, 1, 3) table for cv2.LUT
-NORMALIZE_LUT = ((np.arange(256)[:, None] / 255 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[:, None, :]
+class RandomPosterWarp(A.DualTransform):
+    "Random resized crop, then (with probability `affine`) an affine jitter, then (with probability `flip`) a horizontal flip, resampled once to `height x width`."
+    def __init__(self, height: int, width: int, scale=(0.7, 1.0), ratio=(0.9, 1.1), affine: float = 0.5,
+                 shift: float = 0.05, zoom=(0.95, 1.05), rotate: float = 10.0, flip: float = 0.5, p: float = 1.0):
+        super().__init__(p=p)
+        self.height, self.width, self.scale, self.ratio = height, width, scale, ratio
+        self.affine, self.shift, self.zoom, self.rotate, self.flip = affine, shift, zoom, rotate, flip
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        "The crop box `(x0, y0, x1, y1)`, the output-from-crop affine matrix (None: no jitter) and the flip."
+        h, w = params['shape'][:2]
+        rng = self.random_generator
+        # the crop: a share `scale` of the area, the poster's own aspect times `ratio` (log-uniform), inside the poster
+        area = rng.uniform(*self.scale) * h * w
+        aspect = (self.width / self.height) * np.exp(rng.uniform(*np.log(self.ratio)))
+        cw, ch = min(w, round(np.sqrt(area * aspect))), min(h, round(np.sqrt(area / aspect)))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        jitter = None
+        if rng.random() < self.affine:  # rotate and zoom about the output's centre, then shift
+            angle, zoom = np.deg2rad(rng.uniform(-self.rotate, self.rotate)), rng.uniform(*self.zoom)
+            cx, cy = (self.width - 1) / 2, (self.height - 1) / 2
+            tx, ty = rng.uniform(-self.shift, self.shift, 2) * (self.width, self.height)
+            c, s = zoom * np.cos(angle), zoom * np.sin(angle)
+            jitter = np.array([[c, -s, cx - c * cx + s * cy + tx], [s, c, cy - s * cx - c * cy + ty], [0, 0, 1]])
+        return {'box': (x0, y0, x0 + cw, y0 + ch), 'jitter': jitter, 'flipped': rng.random() < self.flip}
+
+    def apply(self, img: np.ndarray, box, jitter, flipped, **params) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        size = (self.width, self.height)
+        if jitter is None:
+            out = cv2.resize(img[y0:y1, x0:x1], size, interpolation=cv2.INTER_LINEAR)
+            return cv2.flip(out, 1) if flipped else out
+        # crop-and-resize as a matrix (pixel centres, as cv2.resize), then the jitter, then the flip: one resampling
+        sx, sy = self.width / (x1 - x0), self.height / (y1 - y0)
+        matrix = jitter @ np.array([[sx, 0, sx * (0.5 - x0) - 0.5], [0, sy, sy * (0.5 - y0) - 0.5], [0, 0, 1]])
+        if flipped: matrix = np.array([[-1, 0, self.width - 1], [0, 1, 0], [0, 0, 1]]) @ matrix
+        return cv2.warpAffine(img, matrix[:2], size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 def train_transforms(height: int, width: int) -> A.Compose:
     "Augmentations of uint8 `height x width` posters for training."
-    ratio = width / height
     return A.Compose([
-        A.RandomResizedCrop(size=(height, width), scale=(0.7, 1.0), ratio=(0.9 * ratio, 1.1 * ratio)),
-        A.HorizontalFlip(p=0.5),
+        RandomPosterWarp(height, width),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10), p=0.5),
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.3),
     ])
 
@@ -376,12 +407,7 @@ def eval_transforms(height: int, width: int) -> A.Compose:
     "Evaluation: resize to `height x width` (a no-op on cached posters)."
     return A.Compose([A.Resize(height, width)])
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    "A uint8 `(H, W, 3)` RGB image as normalised float32 `(3, H, W)`, as `A.Normalize` then a transpose."
-    if image.dtype != np.uint8: raise TypeError(f'normalize expects a uint8 image, not {image.dtype}: transforms must not normalise')
-    return cv2.LUT(image, NORMALIZE_LUT).transpose(2, 0, 1)
-
-# %% ../nbs/01_dataset.ipynb #357de322
+# %% ../nbs/01_dataset.ipynb #7d0f2e4c
 class EpochSampler(torch.utils.data.Sampler):
     "Yields `(positions, seed)` for each batch of `batch_size` of `n` items, shuffled per epoch when `shuffle`; call `set_epoch` each epoch."
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
@@ -396,11 +422,11 @@ class EpochSampler(torch.utils.data.Sampler):
         for b, seed in enumerate(batch_seeds.tolist()):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist(), seed
 
-def _batch_tensor(shape: tuple) -> torch.Tensor:
-    "An empty float32 tensor; in a loader worker it lives in shared memory, as `default_collate` makes it, so handing it over copies nothing."
-    if torch.utils.data.get_worker_info() is None: return torch.empty(shape)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
-    return torch.empty(0).set_(storage).view(shape)
+def _batch_array(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    "An empty tensor; in a loader worker it lives in shared memory, as `default_collate` makes it, so handing it over copies nothing."
+    if torch.utils.data.get_worker_info() is None: return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 class MovieDataset(torch.utils.data.Dataset):
     "Rows `indices` of `data` as dict items and batches; `transform` (albumentations, uint8 to uint8) augments the posters."
@@ -415,14 +441,14 @@ class MovieDataset(torch.utils.data.Dataset):
         if isinstance(key, tuple): return self.batch(*key)
         return {name: value[0] for name, value in self.batch([key]).items()}
     def batch(self, positions, seed: int | None = None) -> dict:
-        "The items at `positions` as one batch dict; the augmentations are seeded with `seed` when given."
+        "The items at `positions` as one batch dict, posters uint8 `(B, 3, H, W)`; the augmentations are seeded with `seed` when given."
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
-        if self.transform is not None and seed is not None: self.transform.set_random_seed(seed)
-        posters = [np.asarray(self.data.images[row]) for row in rows]
-        if self.transform is not None: posters = [self.transform(image=p)['image'] for p in posters]
-        images = _batch_tensor((len(posters), 3, *posters[0].shape[:2]))
-        for k, p in enumerate(posters): images.numpy()[k] = normalize(p)
-        return {'image': images,
+        posters = _batch_array((len(rows), *self.data.images.shape[1:]), torch.uint8)
+        np.take(self.data.images, rows, axis=0, out=posters.numpy())
+        if self.transform is not None:
+            if seed is not None: self.transform.set_random_seed(seed)
+            for p in posters.numpy(): p[...] = self.transform(image=p)['image']
+        return {'image': posters.permute(0, 3, 1, 2),
                 'title': torch.from_numpy(self.data.title_vectors[rows]),
                 'title_len': torch.from_numpy(self.data.title_len[rows]),
                 'year': torch.from_numpy(self.data.year[rows]),
