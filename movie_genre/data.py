@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -368,18 +369,18 @@ class RandomPosterWarp(A.DualTransform):
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         "The crop box `(x0, y0, x1, y1)`, the output-from-crop affine matrix (None: no jitter) and the flip."
         h, w = params['shape'][:2]
-        rng = self.random_generator
+        rng = self.py_random  # seeded by `set_random_seed` like every albumentations transform; scalar draws are cheap
         # the crop: a share `scale` of the area, the poster's own aspect times `ratio` (log-uniform), inside the poster
         area = rng.uniform(*self.scale) * h * w
-        aspect = (self.width / self.height) * np.exp(rng.uniform(*np.log(self.ratio)))
-        cw, ch = min(w, round(np.sqrt(area * aspect))), min(h, round(np.sqrt(area / aspect)))
-        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        aspect = (self.width / self.height) * math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        cw, ch = min(w, round(math.sqrt(area * aspect))), min(h, round(math.sqrt(area / aspect)))
+        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
         jitter = None
         if rng.random() < self.affine:  # rotate and zoom about the output's centre, then shift
-            angle, zoom = np.deg2rad(rng.uniform(-self.rotate, self.rotate)), rng.uniform(*self.zoom)
+            angle, zoom = math.radians(rng.uniform(-self.rotate, self.rotate)), rng.uniform(*self.zoom)
             cx, cy = (self.width - 1) / 2, (self.height - 1) / 2
-            tx, ty = rng.uniform(-self.shift, self.shift, 2) * (self.width, self.height)
-            c, s = zoom * np.cos(angle), zoom * np.sin(angle)
+            tx, ty = rng.uniform(-self.shift, self.shift) * self.width, rng.uniform(-self.shift, self.shift) * self.height
+            c, s = zoom * math.cos(angle), zoom * math.sin(angle)
             jitter = np.array([[c, -s, cx - c * cx + s * cy + tx], [s, c, cy - s * cx - c * cy + ty], [0, 0, 1]])
         return {'box': (x0, y0, x0 + cw, y0 + ch), 'jitter': jitter, 'flipped': rng.random() < self.flip}
 
@@ -444,7 +445,7 @@ class MovieDataset(torch.utils.data.Dataset):
         "The items at `positions` as one batch dict, posters uint8 `(B, 3, H, W)`; the augmentations are seeded with `seed` when given."
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         posters = _batch_array((len(rows), *self.data.images.shape[1:]), torch.uint8)
-        np.take(self.data.images, rows, axis=0, out=posters.numpy())
+        posters.numpy()[:] = self.data.images[rows]
         if self.transform is not None:
             if seed is not None: self.transform.set_random_seed(seed)
             for p in posters.numpy(): p[...] = self.transform(image=p)['image']
