@@ -12,7 +12,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['ARCHS', 'FUSIONS', 'TITLE_ENCODERS', 'SEED_SETTINGS', 'RESNET_ONLY', 'IMAGENET_MEAN', 'IMAGENET_STD', 'YEAR_CENTRE',
-           'YEAR_SCALE', 'parse_depths', 'ModelConfig', 'normalize_posters', 'SeedCNN', 'BasicBlock', 'ResNetD',
+           'YEAR_SCALE', 'parse_depths', 'ModelConfig', 'NormalizePosters', 'SeedCNN', 'BasicBlock', 'ResNetD',
            'token_mask', 'masked_mean_max', 'FlattenTitle', 'PooledTitle', 'ConvTitle', 'YearEncoder', 'ConcatFusion',
            'GatedFusion', 'classifier_head', 'GenreNet', 'build_model']
 
@@ -79,11 +79,14 @@ class ModelConfig:
 # %% ../nbs/02_model.ipynb #32a94f17
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-def normalize_posters(images: torch.Tensor) -> torch.Tensor:
+class NormalizePosters(nn.Module):
     "uint8 posters `(B, 3, H, W)`, or floats on the 0-255 scale, as normalised float32 in the same memory layout."
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    def __init__(self):
+        super().__init__()
+        # buffers move with the model to its device; not persistent, so checkpoints hold only learnt weights
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+    def forward(self, images: torch.Tensor) -> torch.Tensor: return (images.float() - self.mean) / self.std
 
 # %% ../nbs/02_model.ipynb #668ec32d
 class SeedCNN(nn.Module):
@@ -240,11 +243,12 @@ class GenreNet(nn.Module):
         super().__init__()
         self.image_encoder, self.title_encoder, self.year_encoder = image_encoder, title_encoder, year_encoder
         self.fusion, self.head = fusion, head
+        self.normalize = NormalizePosters()
 
     def features(self, batch: dict) -> list[torch.Tensor]:
         "One feature tensor per modality the model uses, in the order image, title, year."
         out = []
-        if self.image_encoder is not None: out.append(self.image_encoder(normalize_posters(batch['image'])))
+        if self.image_encoder is not None: out.append(self.image_encoder(self.normalize(batch['image'])))
         if self.title_encoder is not None: out.append(self.title_encoder(batch['title'], batch['title_len']))
         if self.year_encoder is not None: out.append(self.year_encoder(batch['year']))
         return out
