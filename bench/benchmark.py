@@ -49,7 +49,9 @@ OURS = dict(arch='resnet', fusion='concat', width=32, depths='1,1,1,1', title_en
 # GMU variant (it was the candidate recipe then), so they are the `ours-gmu-*` recipes.
 ABLATIONS = {'gmu': dict(fusion='gmu'), 'mixup': dict(mixup=0.3), 'asl': dict(loss='asl'),
              'lr1e-3': dict(lr=1e-3), 'ema': dict(ema=0.999), 'w48': dict(width=48), 'conv': dict(title_encoder='conv'),
-             'noyear': dict(use_year=False), 'epochs20': dict(epochs=20)}
+             'noyear': dict(use_year=False), 'epochs20': dict(epochs=20), 'seed1': dict(seed=1),
+             'mixup-e20': dict(mixup=0.3, epochs=20), '144x96': dict(image_size=96), 'lr3e-3': dict(lr=3e-3),
+             'hidden256': dict(hidden=256), 'drop0.5': dict(dropout=0.5, title_dropout=0.4)}
 GMU_ABLATIONS = {'asl': dict(loss='asl'), 'epochs20': dict(epochs=20)}
 
 RECIPES: dict[str, dict] = {'seed': SEED, 'seed-64': {**SEED, 'image_size': 64}, 'ours': OURS,
@@ -221,6 +223,7 @@ def main(argv=None) -> pd.DataFrame:
                         help=f'comma-separated, of: {", ".join([*RECIPES, LOGREG])}')
     parser.add_argument('--runs-dir', default='runs/bench', help='run folders go here (relative: under the project)')
     parser.add_argument('--epochs-scale', type=float, default=1.0, help='multiply every recipe\'s epochs (own run names)')
+    parser.add_argument('--ensembles', default='', help="comma-separated averages of this call's recipes, e.g. ours+ours-seed1")
     parser.add_argument('--no-train', action='store_true', help='only score what is trained')
     parser.add_argument('--tta-check', action='store_true', help='also score each trained run without and with flip TTA')
     parser.add_argument('--figure', type=Path, default=None, help='save validation-F1 curves of the trained runs here')
@@ -231,6 +234,9 @@ def main(argv=None) -> pd.DataFrame:
     names = [r.strip() for r in args.recipes.split(',') if r.strip()]
     unknown = [r for r in names if r not in RECIPES and r != LOGREG]
     if unknown: raise SystemExit(f'unknown recipe(s) {unknown}; known: {[*RECIPES, LOGREG]}')
+    ensembles = [e.strip().split('+') for e in args.ensembles.split(',') if e.strip()]
+    strangers = [m for members in ensembles for m in members if m not in names]
+    if strangers: raise SystemExit(f'ensemble member(s) {strangers} are not among --recipes')
     data_dir = args.data_dir.resolve()
     runs = Path(args.runs_dir) if Path(args.runs_dir).is_absolute() else project_root() / args.runs_dir
     cache = DataCache(data_dir)
@@ -253,13 +259,21 @@ def main(argv=None) -> pd.DataFrame:
         run_names[LOGREG] = LOGREG
     check_same_split(runs, list(run_names.values()))
 
-    rows, per_genre = [], {}
+    rows, per_genre, oof = [], {}, {}
     for name, run_name in run_names.items():
-        _, labels, probs = pooled_oof(runs / run_name, fold_list, reference)
+        ids, labels, probs = pooled_oof(runs / run_name, fold_list, reference)
+        oof[name] = ids, probs
         row, tuned = score_row(run_name, labels, probs)
         row.update(run_timing(runs / run_name, fold_list))
         rows.append(row)
         per_genre[run_name] = genre_table(labels, probs, decode(probs, tuned), reference.genres)[['f1', 'ap']]
+    for members in ensembles:  # the average of the members' OOF probabilities, movie by movie
+        first = oof[members[0]][0]
+        probs = np.mean([pd.DataFrame(oof[m][1], index=oof[m][0]).loc[first].to_numpy() for m in members], 0)
+        labels = pd.DataFrame(reference.labels, index=reference.ids).loc[first].to_numpy()
+        row, _ = score_row('+'.join(run_names[m] for m in members), labels, probs)
+        timing = [run_timing(runs / run_names[m], fold_list) for m in members]
+        rows.append({**row, 'train min': sum(t['train min'] for t in timing)})
     table = pd.DataFrame(rows).set_index('recipe')
     pd.set_option('display.width', 250); pd.set_option('display.max_columns', 30)
     print(f'\nOOF over folds {fold_list} of the {N_FOLDS}-fold split (fold_seed {FOLD_SEED}); '
