@@ -28,11 +28,12 @@ from movie_genre.data import (MovieDataset, load_split, make_loader, parse_genre
 REPO = Path(__file__).resolve().parents[1]
 
 
-def notebook_transforms(size: int) -> A.Compose:
+def notebook_transforms(height: int, width: int) -> A.Compose:
     "The competition notebook's per-poster pipeline, in albumentations 2.x: resize, five augmentations, normalise."
+    ratio = width / height
     return A.Compose([
-        A.Resize(size, size),
-        A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), ratio=(0.9, 1.1)),
+        A.Resize(height, width),
+        A.RandomResizedCrop(size=(height, width), scale=(0.7, 1.0), ratio=(0.9 * ratio, 1.1 * ratio)),
         A.HorizontalFlip(p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10), p=0.5),
@@ -47,13 +48,21 @@ class NotebookDataset(torch.utils.data.Dataset):
         self.posters = [str(resolve_path(p, data_dir)) for p in table['path']]
         self.titles = [resolve_path(p, data_dir) for p in table['w2v_path']]
         self.labels = np.array([[g in parse_genres(gs) for g in genres] for gs in table['genres']], np.float32)
-        self.transform = notebook_transforms(image_size)
+        self.transform = notebook_transforms(image_size, image_size)
     def __len__(self): return len(self.posters)
     def __getitem__(self, i):
         image = cv2.cvtColor(cv2.imread(self.posters[i]), cv2.COLOR_BGR2RGB)
         image = self.transform(image=image)['image']
         return (torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(np.load(self.titles[i])),
                 torch.from_numpy(self.labels[i]))
+
+
+def microseconds_per_poster(transform: A.Compose, posters: np.ndarray) -> float:
+    "Mean time of `transform` on each of `posters` (uint8, cached), in µs."
+    transform.set_random_seed(0)
+    start = time.perf_counter()
+    for poster in posters: transform(image=poster)
+    return (time.perf_counter() - start) / len(posters) * 1e6
 
 
 def images_per_second(loader, n_images: int) -> float:
@@ -102,6 +111,12 @@ def main():
             print(f'{n} movies from {data_dir}, posters cached at {h}x{w}, batch {args.batch_size}, {os.cpu_count()} CPUs')
             print(f'  load_split, cold cache (validate + decode every poster): {cold:6.1f} s  ({n / cold:,.0f} posters/s)')
             print(f'  load_split, warm cache (validate, reuse the cache):      {warm:6.1f} s')
+            posters = np.asarray(data.images[:2000])
+            theirs = notebook_transforms(h, w).transforms
+            for name, transform in (("the notebook's crop and affine, two resamplings", A.Compose([theirs[1], theirs[4]])),
+                                    ('RandomPosterWarp (crop, affine jitter, flip), one', A.Compose(train_transforms(h, w).transforms[:1])),
+                                    ('all our train transforms', train_transforms(h, w))):
+                print(f'  {name}: {microseconds_per_poster(transform, posters):5.0f} µs a poster')
             for workers in (0, 2):
                 loader = make_loader(MovieDataset(data, transform=train_transforms(h, w)), args.batch_size,
                                      shuffle=True, num_workers=workers)
