@@ -7,6 +7,7 @@ thresholds) is measured on movies that neither training nor threshold tuning saw
 
     python bench/holdout.py --recipe ours              # 7 trainings; a finished fold is skipped
     python bench/holdout.py --recipe seed --folds 1    # one fold model: the competition notebook's single model
+    python bench/holdout.py --recipe ours,ours-s1      # two seeds: 14 models, averaged
 """
 from __future__ import annotations
 import argparse
@@ -41,31 +42,38 @@ def scores(labels: np.ndarray, probs: np.ndarray, thresholds: dict[str, np.ndarr
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data-dir', type=Path, default=default_data_dir())
-    parser.add_argument('--recipe', default='ours', help=f'one of: {", ".join(RECIPES)}')
+    parser.add_argument('--recipe', default='ours', help=f'one, or several joined by commas (averaged), of: {", ".join(RECIPES)}')
     parser.add_argument('--folds', default=','.join(map(str, range(1, N_FOLDS))),
                         help='comma-separated folds (1..7) of the 7-fold split of the other movies to train and ensemble')
     parser.add_argument('--runs-dir', default='runs/bench', help='the run folder holdout-<recipe> goes here (relative: under the project)')
     args = parser.parse_args(argv)
-    if args.recipe not in RECIPES: raise SystemExit(f'unknown recipe {args.recipe!r}; known: {list(RECIPES)}')
-    recipe = RECIPES[args.recipe]
+    names = args.recipe.split(',')
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown: raise SystemExit(f'unknown recipe(s) {unknown}; known: {list(RECIPES)}')
+    if len({(RECIPES[name]['image_size'], RECIPES[name]['aspect']) for name in names}) > 1:
+        raise SystemExit('recipes averaged together must use one poster size')
     runs = Path(args.runs_dir) if Path(args.runs_dir).is_absolute() else project_root() / args.runs_dir
-    data = DataCache(args.data_dir.resolve()).get(recipe['image_size'], recipe['aspect'])
+    data = DataCache(args.data_dir.resolve()).get(RECIPES[names[0]]['image_size'], RECIPES[names[0]]['aspect'])
     held = (make_folds(data, N_FOLDS, FOLD_SEED)['fold'] == HELD_OUT_FOLD).to_numpy()
     rest, holdout = take(data, np.flatnonzero(~held)), take(data, np.flatnonzero(held))
     print(f'{len(rest)} movies to train on (7 folds), {len(holdout)} held out (fold {HELD_OUT_FOLD} of {N_FOLDS})', flush=True)
 
-    run_name, fold_list = f'holdout-{args.recipe}', [int(k) for k in args.folds.split(',')]
-    for k in fold_list:
-        cfg = TrainConfig(**recipe, fold=k, folds=N_FOLDS - 1, fold_seed=FOLD_SEED, data_dir=str(args.data_dir.resolve()),
-                          run_name=run_name, runs_dir=str(runs))
-        print(f'== {run_name} fold {k}', flush=True)
-        train_fold(cfg, rest, holdout)
+    fold_list = [int(k) for k in args.folds.split(',')]
+    for name in names:
+        for k in fold_list:
+            cfg = TrainConfig(**RECIPES[name], fold=k, folds=N_FOLDS - 1, fold_seed=FOLD_SEED,
+                              data_dir=str(args.data_dir.resolve()), run_name=f'holdout-{name}', runs_dir=str(runs))
+            print(f'== {cfg.run_name} fold {k}', flush=True)
+            train_fold(cfg, rest, holdout)
 
-    _, oof_labels, oof_probs = pooled_oof(runs / run_name, fold_list, rest)
+    # with several recipes, a "fold model" is the average of the recipes' models of that fold
+    oof = [pooled_oof(runs / f'holdout-{name}', fold_list, rest) for name in names]
+    oof_ids, oof_labels = oof[0][:2]
+    oof_probs = np.mean([pd.DataFrame(p, index=ids).loc[oof_ids].to_numpy() for ids, _, p in oof], 0)
     thresholds = {'tuned': tune_thresholds(oof_labels, oof_probs, metric='macro'),
                   'micro-tuned': tune_thresholds(oof_labels, oof_probs, metric='micro')}
-    fold_probs = [pd.read_csv(runs / run_name / f'fold{k}' / 'test_probs.csv').set_index('id').loc[holdout.ids, data.genres]
-                  .to_numpy() for k in fold_list]
+    fold_probs = [np.mean([pd.read_csv(runs / f'holdout-{name}' / f'fold{k}' / 'test_probs.csv').set_index('id')
+                           .loc[holdout.ids, data.genres].to_numpy() for name in names], 0) for k in fold_list]
     rows = {f'fold {k} model': scores(holdout.labels, p, thresholds) for k, p in zip(fold_list, fold_probs)}
     singles = pd.DataFrame(rows).T
     n = len(fold_list)
@@ -77,7 +85,7 @@ def main(argv=None) -> pd.DataFrame:
     print(f'\n{args.recipe} on the {len(holdout)} held-out movies; @0.3: threshold 0.3; @tuned / @micro-tuned: per-genre '
           f'thresholds tuned for macro / micro F1 on the OOF of folds {args.folds}; all with the 1-3 genre rule')
     print(table.round(4).to_string())
-    out = runs / f'holdout-{args.recipe}.csv'
+    out = runs / f'holdout-{"+".join(names)}.csv'
     table.to_csv(out)
     return table
 
