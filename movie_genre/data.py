@@ -423,7 +423,7 @@ class EpochSampler(torch.utils.data.Sampler):
         for b, seed in enumerate(batch_seeds.tolist()):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist(), seed
 
-def _batch_array(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+def _batch_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     "An empty tensor; in a loader worker it lives in shared memory, as `default_collate` makes it, so handing it over copies nothing."
     if torch.utils.data.get_worker_info() is None: return torch.empty(shape, dtype=dtype)
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
@@ -444,7 +444,7 @@ class MovieDataset(torch.utils.data.Dataset):
     def batch(self, positions, seed: int | None = None) -> dict:
         "The items at `positions` as one batch dict, posters uint8 `(B, 3, H, W)`; the augmentations are seeded with `seed` when given."
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
-        posters = _batch_array((len(rows), *self.data.images.shape[1:]), torch.uint8)
+        posters = _batch_tensor((len(rows), *self.data.images.shape[1:]), torch.uint8)
         posters.numpy()[:] = self.data.images[rows]
         if self.transform is not None:
             if seed is not None: self.transform.set_random_seed(seed)
