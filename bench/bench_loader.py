@@ -112,8 +112,9 @@ def main():
             print(f'  load_split, cold cache (validate + decode every poster): {cold:6.1f} s  ({n / cold:,.0f} posters/s)')
             print(f'  load_split, warm cache (validate, reuse the cache):      {warm:6.1f} s')
             posters = np.asarray(data.images[:2000])
-            theirs = notebook_transforms(h, w).transforms
-            for name, transform in (("the notebook's crop and affine, two resamplings", A.Compose([theirs[1], theirs[4]])),
+            notebook_steps = notebook_transforms(h, w).transforms  # [1] RandomResizedCrop, [4] Affine
+            for name, transform in (("the notebook's crop and affine, two resamplings",
+                                     A.Compose([notebook_steps[1], notebook_steps[4]])),
                                     ('RandomPosterWarp (crop, affine jitter, flip), one', A.Compose(train_transforms(h, w).transforms[:1])),
                                     ('all our train transforms', train_transforms(h, w))):
                 print(f'  {name}: {microseconds_per_poster(transform, posters):5.0f} µs a poster')
