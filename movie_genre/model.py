@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import FlatConfig
+
 # %% auto #0
 __all__ = ['ARCHS', 'FUSIONS', 'TITLE_ENCODERS', 'SEED_SETTINGS', 'RESNET_ONLY', 'IMAGENET_MEAN', 'IMAGENET_STD', 'YEAR_CENTRE',
            'YEAR_SCALE', 'parse_depths', 'ModelConfig', 'NormalizePosters', 'SeedCNN', 'BasicBlock', 'ResNetD',
@@ -33,7 +35,7 @@ def parse_depths(depths: str) -> tuple[int, ...]:
     return stages
 
 @dataclass
-class ModelConfig:
+class ModelConfig(FlatConfig):
     "What `build_model` builds: flat primitive fields, so a training config can inherit them and papermill set them."
     arch: str = 'resnet'         # 'seed' (the competition network, fixed) or 'resnet' (ResNet-D from scratch)
     fusion: str = 'concat'       # 'concat', 'gmu' (gated multimodal unit), or one modality: 'image', 'title'

@@ -9,7 +9,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,32 +24,15 @@ from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
 
 # %% auto #0
-__all__ = ['TrainConfig', 'config_from_notebook', 'resolve_device', 'amp_dtype', 'seed_everything', 'to_device', 'genre_loss',
-           'mixup', 'lr_lambda', 'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'predict_probs', 'probs_frame',
-           'fold_datasets', 'train_fold']
+__all__ = ['TrainConfig', 'resolve_device', 'amp_dtype', 'seed_everything', 'to_device', 'genre_loss', 'mixup', 'lr_lambda',
+           'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'predict_probs', 'probs_frame', 'fold_datasets',
+           'train_fold']
 
 # %% ../nbs/03a_training.ipynb #65b7389f
-def _coerce(name: str, value, default):
-    "`value` as the type of `default` (papermill passes typed values; `-r` passes strings); `TypeError` otherwise."
-    kind = type(default)
-    if kind is bool:
-        if isinstance(value, bool): return value
-        if isinstance(value, str) and value.lower() in ('true', 'false'): return value.lower() == 'true'
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool): return value
-        if isinstance(value, str) and value.strip().lstrip('-').isdigit(): return int(value)
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
-        if isinstance(value, str):
-            try: return float(value)
-            except ValueError: pass
-    elif isinstance(value, str): return value
-    raise TypeError(f'{name} must be a {kind.__name__}, not {value!r}')
-
-#| export
 @dataclass
 class TrainConfig(ModelConfig):
     "Everything one training fold needs; the defaults are the recommended recipe."
+    path_fields = ('data_dir', 'runs_dir', 'reports_dir')
     fold: int = 1                 # which fold to validate on, 1..folds
     folds: int = 8                # how many folds the run's split has
     fold_seed: int = 42           # seed of the split (folds.csv)
@@ -94,20 +77,6 @@ class TrainConfig(ModelConfig):
 
     @property
     def fold_dir(self) -> Path: return project_path(self.runs_dir) / self.run_name / f'fold{self.fold}'
-
-    @classmethod
-    def from_dict(cls, values: dict) -> 'TrainConfig':
-        "A config from `values`; an unknown name is an error naming the known ones, a value of the wrong type too."
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown: raise TypeError(f'unknown parameter(s) {unknown}; the parameters are: {sorted(known)}')
-        return cls(**{name: _coerce(name, value, known[name].default) for name, value in values.items()})
-
-# %% ../nbs/03a_training.ipynb #b319acb7
-def config_from_notebook(namespace: dict, before: set) -> TrainConfig:
-    "A `TrainConfig` from the variables of `namespace` defined after the names in `before` (the parameters cells)."
-    values = {k: v for k, v in namespace.items() if k not in before and not k.startswith('_')}
-    return TrainConfig.from_dict(values)
 
 # %% ../nbs/03a_training.ipynb #6544914f
 def resolve_device(name: str = 'auto') -> torch.device:
