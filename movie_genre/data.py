@@ -29,7 +29,7 @@ __all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'p
            'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'poster_shape', 'read_poster', 'poster_cache',
            'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split', 'make_folds',
            'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
-           'MovieDataset', 'make_loader']
+           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -200,9 +200,10 @@ class MovieData:
     images: np.ndarray          # (N, H, W, 3) uint8, memory-mapped
     title_vectors: np.ndarray   # (N, L, D) float32
     title_len: np.ndarray       # (N,) int64, real token rows per title
-    year: np.ndarray            # (N,) float32, missing years filled with the median
+    year: np.ndarray            # (N,) float32, missing years filled with `year_fill`
     labels: np.ndarray | None   # (N, G) float32 0/1; None for a test split
     genres: list[str]
+    year_fill: float = 2000.0   # the year given to movies without one: the training data's median
 
     @property
     def ids(self) -> np.ndarray: return self.table['id'].to_numpy(dtype=np.int64, copy=True)
@@ -247,8 +248,8 @@ def _some(values, n: int = 5) -> str:
 # %% ../nbs/01_dataset.ipynb #0ccf5215
 def load_split(data_dir='data', split: str = 'train', image_size: int = 128, aspect: float = 1.5,
                on_bad: str = 'raise', report_dir=None, genres: list[str] | None = None,
-               workers: int | None = None) -> MovieData:
-    "Read, validate and cache one split (`train` or `test`) of the data in `data_dir`."
+               workers: int | None = None, year_fill: float | None = None) -> MovieData:
+    "Read, validate and cache one split (`train` or `test`) of the data in `data_dir`; missing years get `year_fill` (default: this split's median)."
     if on_bad not in ('raise', 'skip'): raise ValueError(f"on_bad must be 'raise' or 'skip', not {on_bad!r}")
     data_dir = project_path(data_dir)
     csv = data_dir / f'{split}.csv'
@@ -324,13 +325,14 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
     table = table[keep].reset_index(drop=True)
     table['id'] = ids[keep].to_numpy(dtype=np.int64)
     year = pd.to_numeric(table['year'], errors='coerce').to_numpy(dtype=np.float32, copy=True)
-    year[~np.isfinite(year)] = np.nanmedian(year) if np.isfinite(year).any() else 2000.0
+    if year_fill is None: year_fill = float(np.nanmedian(year)) if np.isfinite(year).any() else 2000.0
+    year[~np.isfinite(year)] = year_fill
     labels = None
     if labelled:
         labels = np.zeros((len(table), len(genres)), np.float32)
         for i, gs in enumerate(table['genres']): labels[i, [genres.index(g) for g in gs]] = 1
     return MovieData(table[['id', 'title', 'year'] + (['genres'] if labelled else []) + ['poster', 'title_file']],
-                     images, title_vectors[keep], title_len[keep], year, labels, genres)
+                     images, title_vectors[keep], title_len[keep], year, labels, genres, float(year_fill))
 
 # %% ../nbs/01_dataset.ipynb #bc9a4a95
 def make_folds(data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFrame:
@@ -423,6 +425,16 @@ class EpochSampler(torch.utils.data.Sampler):
         for b, seed in enumerate(batch_seeds.tolist()):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist(), seed
 
+def random_steps(transform) -> list:
+    "The transforms inside `transform` (a `Compose`, nested ones included), in order."
+    if transform is None: return []
+    if isinstance(transform, A.BaseCompose): return [s for t in transform.transforms for s in random_steps(t)]
+    return [transform]
+
+def seed_steps(steps: list, seed: int, n_posters: int) -> np.ndarray:
+    "`(n_posters, len(steps))` independent seeds drawn from `seed`: row `i` seeds `steps` for poster `i`."
+    return np.random.SeedSequence(seed).generate_state(n_posters * len(steps)).reshape(n_posters, len(steps))
+
 def _batch_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     "An empty tensor; in a loader worker it lives in shared memory, as `default_collate` makes it, so handing it over copies nothing."
     if torch.utils.data.get_worker_info() is None: return torch.empty(shape, dtype=dtype)
@@ -432,7 +444,7 @@ def _batch_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 class MovieDataset(torch.utils.data.Dataset):
     "Rows `indices` of `data` as dict items and batches; `transform` (albumentations, uint8 to uint8) augments the posters."
     def __init__(self, data: MovieData, indices=None, transform: A.Compose | None = None):
-        self.data, self.transform = data, transform
+        self.data, self.transform, self.steps = data, transform, random_steps(transform)
         self.indices = np.arange(len(data)) if indices is None else np.asarray(indices)
         self.ids = data.ids
         self.labels = data.labels if data.labels is not None else np.zeros((len(data), len(data.genres)), np.float32)
@@ -447,8 +459,11 @@ class MovieDataset(torch.utils.data.Dataset):
         posters = _batch_tensor((len(rows), *self.data.images.shape[1:]), torch.uint8)
         posters.numpy()[:] = self.data.images[rows]
         if self.transform is not None:
-            if seed is not None: self.transform.set_random_seed(seed)
-            for p in posters.numpy(): p[...] = self.transform(image=p)['image']
+            seeds = seed_steps(self.steps, seed, len(rows)) if seed is not None else None
+            for i, p in enumerate(posters.numpy()):
+                if seeds is not None:
+                    for step, step_seed in zip(self.steps, seeds[i].tolist()): step.set_random_seed(step_seed)
+                p[...] = self.transform(image=p)['image']
         return {'image': posters.permute(0, 3, 1, 2),
                 'title': torch.from_numpy(self.data.title_vectors[rows]),
                 'title_len': torch.from_numpy(self.data.title_len[rows]),

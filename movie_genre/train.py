@@ -24,9 +24,9 @@ from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
 
 # %% auto #0
-__all__ = ['TrainConfig', 'resolve_device', 'amp_dtype', 'seed_everything', 'to_device', 'genre_loss', 'mixup', 'lr_lambda',
-           'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'predict_probs', 'probs_frame', 'fold_datasets',
-           'train_fold']
+__all__ = ['MODEL_FILE', 'TrainConfig', 'resolve_device', 'amp_dtype', 'seed_everything', 'to_device', 'genre_loss', 'mixup',
+           'lr_lambda', 'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'predict_probs', 'probs_frame',
+           'fold_datasets', 'train_fold']
 
 # %% ../nbs/03a_training.ipynb #65b7389f
 @dataclass
@@ -53,8 +53,9 @@ class TrainConfig(ModelConfig):
     ema: float = 0.0              # decay of an exponential moving average of the weights; 0 turns it off
     augment: bool = True
     tta: bool = True              # average with horizontally flipped posters when predicting
-    metric: str = 'macro'         # validation F1 that picks the best epoch: 'macro', 'micro' or 'samples'
-    patience: int = 6             # epochs without improvement before stopping
+    metric: str = 'macro'         # the F1 the run's thresholds are tuned for (and that picks the best epoch): 'macro', 'micro' or 'samples'
+    select: str = 'last'          # the weights a fold predicts with: 'last' (final epoch: honest OOF) or 'best' (best validation epoch: optimistic)
+    patience: int = 0             # stop after this many epochs without a better validation F1 (optimistic OOF); 0: never
     max_genres: int = 3
     optimizer: str = 'adamw'      # 'adamw', or 'adam' (the competition notebook's, with L2 weight decay)
     schedule: str = 'cosine'      # 'cosine' (warm-up then cosine) or 'constant'
@@ -69,11 +70,17 @@ class TrainConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         choices = dict(loss=('bce', 'asl'), metric=('macro', 'micro', 'samples'), optimizer=('adamw', 'adam'),
-                       schedule=('cosine', 'constant'), on_bad=('raise', 'skip'))
+                       schedule=('cosine', 'constant'), on_bad=('raise', 'skip'), select=('last', 'best'))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed: raise ValueError(f'{name} must be one of {allowed}, not {getattr(self, name)!r}')
         if not 1 <= self.fold <= self.folds: raise ValueError(f'fold must be in 1..{self.folds}, not {self.fold}')
         if self.epochs < 1 or self.batch_size < 1: raise ValueError('epochs and batch_size must be positive')
+        if self.patience < 0: raise ValueError(f'patience must be 0 (no early stopping) or more, not {self.patience}')
+
+    @property
+    def optimistic(self) -> bool:
+        "Whether the fold's weights are chosen by looking at its validation movies (best epoch or early stopping)."
+        return self.select == 'best' or self.patience > 0
 
     @property
     def fold_dir(self) -> Path: return project_path(self.runs_dir) / self.run_name / f'fold{self.fold}'
@@ -144,6 +151,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 # %% ../nbs/03a_training.ipynb #d0efe561
+MODEL_FILE = 'model.pt'  # the weights a finished fold predicts with
+
 def save_checkpoint(path, **state):
     "Write `state` to `path` atomically (temporary file, then rename)."
     path = Path(path); tmp = path.with_suffix('.tmp')
@@ -193,7 +202,7 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
 
 # %% ../nbs/03a_training.ipynb #67a0c83b
 def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData | None = None) -> dict:
-    "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the best epoch's scores."
+    "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the scores of the epoch it predicts with."
     out = cfg.fold_dir
     if cfg.overwrite and out.exists():
         for f in out.iterdir():
@@ -202,7 +211,8 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
     device = resolve_device(cfg.device)
     data = data if data is not None else load_split(cfg.data_dir, 'train', cfg.image_size, cfg.aspect, cfg.on_bad, out)
     if test is None and (project_path(cfg.data_dir) / 'test.csv').exists():
-        test = load_split(cfg.data_dir, 'test', cfg.image_size, cfg.aspect, cfg.on_bad, out, genres=data.genres)
+        test = load_split(cfg.data_dir, 'test', cfg.image_size, cfg.aspect, cfg.on_bad, out, genres=data.genres,
+                          year_fill=data.year_fill)
     folds = load_or_make_folds(out.parent / 'folds.csv', data, cfg.folds, cfg.fold_seed)
 
     train_ds, valid_ds = fold_datasets(cfg, data, folds)
@@ -241,7 +251,8 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         return dict(weights=(ema.module if ema is not None else model).state_dict(), model=model.state_dict(),
                     ema=ema.state_dict() if ema is not None else None,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, best=best,
-                    since_best=since_best, finished=finished, config=asdict(cfg), genres=data.genres, title_shape=[L, D])
+                    since_best=since_best, finished=finished, config=asdict(cfg), genres=data.genres, title_shape=[L, D],
+                    year_fill=data.year_fill)
 
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and mixup draws depend only on (seed, epoch)
@@ -276,23 +287,26 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         rows.append(row)
         improved = scores[f'f1_{cfg.metric}'] > best
         best, since_best = (scores[f'f1_{cfg.metric}'], 0) if improved else (best, since_best + 1)
-        finished = epoch + 1 == cfg.epochs or since_best >= cfg.patience
+        stopped_early = cfg.patience > 0 and since_best >= cfg.patience
+        finished = epoch + 1 == cfg.epochs or stopped_early
         pd.DataFrame(rows).to_csv(out / 'summary.tmp', index=False)
         os.replace(out / 'summary.tmp', out / 'summary.csv')  # a kill mid-write never truncates the log
-        if improved: save_checkpoint(out / 'best.pt', **checkpoint(epoch))
+        if (improved and cfg.select == 'best') or (finished and cfg.select == 'last'):
+            save_checkpoint(out / MODEL_FILE, **checkpoint(epoch))
         save_checkpoint(out / 'last.pt', **checkpoint(epoch, finished))
         print(f"fold {cfg.fold} epoch {epoch + 1:3d}/{cfg.epochs}  train {row['train_loss']:.4f}  valid {valid_loss:.4f}  "
               f"F1 micro {scores['f1_micro']:.4f} macro {scores['f1_macro']:.4f} samples {scores['f1_samples']:.4f}  "
-              f"{row['seconds']:.0f}s {row['images_per_s']:.0f} img/s{'  *' if improved else ''}", flush=True)
+              f"{row['seconds']:.0f}s {row['images_per_s']:.0f} img/s{'  *' if improved and cfg.select == 'best' else ''}", flush=True)
         if finished:
-            if since_best >= cfg.patience: print(f'early stop: no better {cfg.metric} F1 for {cfg.patience} epochs')
+            if stopped_early: print(f'early stop: no better {cfg.metric} F1 for {cfg.patience} epochs')
             break
     return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, trained=True)
 
 def _finish(cfg, out, model, valid_dl, test, genres, device, dtype, rows, trained) -> dict:
-    "Predict the test split and the validation fold with the best weights; `oof.csv`, written last, marks the fold finished."
+    "Predict the test split and the validation fold with the weights of `model.pt`; `oof.csv`, written last, marks the fold finished."
+    state = load_checkpoint(out / MODEL_FILE, device)
     if trained or not (out / 'oof.csv').exists():
-        model.load_state_dict(load_checkpoint(out / 'best.pt', device)['weights'])
+        model.load_state_dict(state['weights'])
         if test is not None:
             h, w = test.images.shape[1:3]
             test_dl = make_loader(MovieDataset(test, transform=eval_transforms(h, w)), cfg.batch_size * 2, device=device.type)
@@ -300,6 +314,7 @@ def _finish(cfg, out, model, valid_dl, test, genres, device, dtype, rows, traine
             probs_frame(ids, probs, genres).to_csv(out / 'test_probs.csv', index=False)
         ids, probs, _ = predict_probs(model, valid_dl, device, tta=cfg.tta, dtype=dtype, channels_last=cfg.channels_last)
         probs_frame(ids, probs, genres).to_csv(out / 'oof.csv', index=False)
-    best = max(rows, key=lambda r: r[f'f1_{cfg.metric}'])
-    return {'fold': cfg.fold, 'best_epoch': int(best['epoch']), 'epochs_run': len(rows),
-            **{k: best[k] for k in ('f1_micro', 'f1_macro', 'f1_samples', 'valid_loss')}, 'fold_dir': str(out)}
+    used = rows[state['epoch']]
+    return {'fold': cfg.fold, 'epoch': int(used['epoch']), 'epochs_run': len(rows), 'select': cfg.select,
+            'optimistic': cfg.optimistic, **{k: used[k] for k in ('f1_micro', 'f1_macro', 'f1_samples', 'valid_loss')},
+            'fold_dir': str(out)}

@@ -44,7 +44,7 @@ def test_fold_writes_every_file_quickly(demo, tmp_path):
     start = time.time()
     result = train_fold(cfg)
     assert time.time() - start < 120
-    names = {'config.json', 'summary.csv', 'best.pt', 'last.pt', 'oof.csv', 'test_probs.csv'}
+    names = {'config.json', 'summary.csv', 'model.pt', 'last.pt', 'oof.csv', 'test_probs.csv'}
     assert names <= {p.name for p in cfg.fold_dir.iterdir()}
     assert (tmp_path / 'r' / 'folds.csv').exists()
     assert json.loads((cfg.fold_dir / 'config.json').read_text())['fold'] == 1
@@ -53,8 +53,8 @@ def test_fold_writes_every_file_quickly(demo, tmp_path):
     oof, folds = pd.read_csv(cfg.fold_dir / 'oof.csv'), pd.read_csv(tmp_path / 'r' / 'folds.csv')
     assert sorted(oof['id']) == sorted(folds.loc[folds['fold'] == 1, 'id'])
     assert len(pd.read_csv(cfg.fold_dir / 'test_probs.csv')) == 24
-    assert result['best_epoch'] in (1, 2, 3)
-    state = load_checkpoint(cfg.fold_dir / 'best.pt')
+    assert result['epoch'] == 3 and not result['optimistic']  # the final epoch predicts, by default
+    state = load_checkpoint(cfg.fold_dir / 'model.pt')
     assert state['genres'] == list(oof.columns[1:]) and state['title_shape'] == [15, 50]
     # a finished fold is not retrained
     mtime = (cfg.fold_dir / 'last.pt').stat().st_mtime_ns
@@ -130,3 +130,17 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 def test_nan_loss_stops_with_a_clear_message(demo, tmp_path):
     with pytest.raises(FloatingPointError, match='last good epoch'):
         train_fold(tiny(demo, tmp_path, lr=1e30, epochs=2, optimizer='adam', weight_decay=0.0))
+
+
+def test_the_final_epoch_predicts_unless_asked_otherwise(demo, tmp_path):
+    "By default no choice looks at the validation movies: model.pt holds the last epoch, and oof.csv is predicted from it."
+    cfg = tiny(demo, tmp_path, epochs=4)
+    result = train_fold(cfg)
+    model, last = load_checkpoint(cfg.fold_dir / 'model.pt'), load_checkpoint(cfg.fold_dir / 'last.pt')
+    assert model['epoch'] == 3 and all(torch.equal(model['weights'][k], last['weights'][k]) for k in last['weights'])
+    assert result['epoch'] == 4 and not result['optimistic'] and len(summary(cfg)) == 4  # no early stop either
+    best = tiny(demo, tmp_path, run_name='best', epochs=4, select='best')
+    result = train_fold(best)
+    rows = summary(best)
+    assert result['optimistic'] and result['epoch'] == rows.loc[rows['f1_macro'].idxmax(), 'epoch']
+    assert load_checkpoint(best.fold_dir / 'model.pt')['epoch'] == result['epoch'] - 1
