@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from movie_genre.data import MovieData, load_or_make_folds, load_split, project_root
+from movie_genre.data import MovieData, load_split, project_root
+from movie_genre.runs import MODEL_FILE, load_or_make_folds
 from movie_genre.metrics import decode, f1_scores, genre_table, threshold_table, tune_thresholds
 from movie_genre.model import build_model
 from movie_genre.train import (TrainConfig, fold_datasets, load_checkpoint, make_loader, predict_probs,
@@ -186,7 +187,7 @@ def tta_check(run_dir: Path, fold: int, cache: DataCache) -> pd.DataFrame:
     cfg = TrainConfig(**{**json.loads((run_dir / f'fold{fold}' / 'config.json').read_text()), 'device': 'cpu'})
     data = cache.get(cfg.image_size, cfg.aspect)
     model = build_model(cfg, len(data.genres), *data.title_vectors.shape[1:])
-    model.load_state_dict(load_checkpoint(run_dir / f'fold{fold}' / 'best.pt')['weights'])
+    model.load_state_dict(load_checkpoint(run_dir / f'fold{fold}' / MODEL_FILE)['weights'])
     _, valid = fold_datasets(cfg, data, pd.read_csv(run_dir / 'folds.csv'))
     loader = make_loader(valid, 128)
     labels = valid.data.labels[valid.indices]

@@ -5,6 +5,7 @@
 # %% ../nbs/01_dataset.ipynb #659e0f62
 from __future__ import annotations
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -27,9 +28,9 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'project_root', 'project_path', 'cache_dir',
            'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'poster_shape', 'read_poster', 'poster_cache',
-           'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split', 'make_folds',
-           'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
-           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+           'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split', 'read_labels',
+           'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms',
+           'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -333,6 +334,30 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
         for i, gs in enumerate(table['genres']): labels[i, [genres.index(g) for g in gs]] = 1
     return MovieData(table[['id', 'title', 'year'] + (['genres'] if labelled else []) + ['poster', 'title_file']],
                      images, title_vectors[keep], title_len[keep], year, labels, genres, float(year_fill))
+
+# %% ../nbs/01_dataset.ipynb #05b9c4fb
+@functools.lru_cache(maxsize=4)
+def _genres_by_id(csv: str, mtime_ns: int) -> pd.Series:
+    "The parsed genre lists of `csv`, indexed by id (cached per file version)."
+    table = pd.read_csv(csv, usecols=['id', 'genres'])
+    if not table['id'].is_unique: raise ValueError(f'{csv} has duplicate ids, e.g. {table["id"][table["id"].duplicated()].iloc[0]}')
+    return pd.Series([parse_genres(text) for text in table['genres']], index=table['id'])
+
+def read_labels(data_dir, ids, genres: list[str]) -> np.ndarray:
+    "0/1 labels `(len(ids), len(genres))` of the movies `ids`, from `data_dir/train.csv`."
+    csv = project_path(data_dir) / 'train.csv'
+    if not csv.is_file(): raise FileNotFoundError(f'no {csv}: the labels come from the train.csv of the data the run was trained on')
+    by_id = _genres_by_id(str(csv), csv.stat().st_mtime_ns)
+    ids = np.asarray(ids)
+    absent = ids[~np.isin(ids, by_id.index)]
+    if len(absent): raise ValueError(f'{len(absent)} ids are not in {csv}, e.g. {absent[:5].tolist()}: is it the data the run was trained on?')
+    labels = np.zeros((len(ids), len(genres)), np.int64)
+    column = {g: j for j, g in enumerate(genres)}
+    for i, movie_genres in enumerate(by_id.loc[ids]):
+        unknown = [g for g in movie_genres if g not in column]
+        if unknown: raise ValueError(f'movie {ids[i]} in {csv} has genre(s) {unknown} that the run does not predict ({genres})')
+        labels[i, [column[g] for g in movie_genres]] = 1
+    return labels
 
 # %% ../nbs/01_dataset.ipynb #bc9a4a95
 def make_folds(data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFrame:

@@ -4,10 +4,7 @@
 
 # %% ../nbs/04a_evaluation.ipynb #aa2fa062
 from __future__ import annotations
-import functools
 import json
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,147 +14,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .data import parse_genres, project_path
+from .data import project_path
 from .metrics import (
     decode, distinct_colours, f1_scores, genre_table, plot_confusion_matrices, plot_genre_heatmap, plot_pr_curves,
     plot_roc_curves, threshold_table, tune_thresholds)
+from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResult, fold_list, load_run,
+                              run_thresholds, save_thresholds)
 
 # %% auto #0
-__all__ = ['THRESHOLDS_FILE', 'FIGURES', 'read_labels', 'RunResult', 'finished_folds', 'load_run', 'Evaluation',
-           'cross_fitted_predictions', 'evaluate', 'run_thresholds', 'plot_training_curves', 'write_figures',
+__all__ = ['FIGURES', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
            'validate_submission', 'submission_frame', 'write_submission', 'make_submission', 'tta_comparison',
            'markdown_table', 'write_report', 'evaluate_run']
-
-# %% ../nbs/04a_evaluation.ipynb #05b9c4fb
-@functools.lru_cache(maxsize=4)
-def _genres_by_id(csv: str, mtime_ns: int) -> pd.Series:
-    "The parsed genre lists of `csv`, indexed by id (cached per file version)."
-    table = pd.read_csv(csv, usecols=['id', 'genres'])
-    if not table['id'].is_unique: raise ValueError(f'{csv} has duplicate ids, e.g. {table["id"][table["id"].duplicated()].iloc[0]}')
-    return pd.Series([parse_genres(text) for text in table['genres']], index=table['id'])
-
-def read_labels(data_dir, ids, genres: list[str]) -> np.ndarray:
-    "0/1 labels `(len(ids), len(genres))` of the movies `ids`, from `data_dir/train.csv`."
-    csv = project_path(data_dir) / 'train.csv'
-    if not csv.is_file(): raise FileNotFoundError(f'no {csv}: the labels come from the train.csv of the data the run was trained on')
-    by_id = _genres_by_id(str(csv), csv.stat().st_mtime_ns)
-    ids = np.asarray(ids)
-    absent = ids[~np.isin(ids, by_id.index)]
-    if len(absent): raise ValueError(f'{len(absent)} ids are not in {csv}, e.g. {absent[:5].tolist()}: is it the data the run was trained on?')
-    labels = np.zeros((len(ids), len(genres)), np.int64)
-    column = {g: j for j, g in enumerate(genres)}
-    for i, movie_genres in enumerate(by_id.loc[ids]):
-        unknown = [g for g in movie_genres if g not in column]
-        if unknown: raise ValueError(f'movie {ids[i]} in {csv} has genre(s) {unknown} that the run does not predict ({genres})')
-        labels[i, [column[g] for g in movie_genres]] = 1
-    return labels
-
-# %% ../nbs/04a_evaluation.ipynb #0b9b14d4
-@dataclass
-class RunResult:
-    "A run's finished folds: pooled out-of-fold probabilities with labels, per-epoch summaries, mean test probabilities."
-    name: str
-    run_dir: Path
-    config: dict                 # config.json of the first finished fold
-    genres: list[str]
-    finished: list[int]          # folds with a best.pt and an oof.csv (`finished_folds`)
-    missing: list[int]           # folds of folds.csv not finished
-    missing_status: dict         # fold -> 'not started' or 'in progress: e of E epochs'
-    ids: np.ndarray              # (N,) the finished folds' validation movies
-    fold_of: np.ndarray          # (N,) the fold each of them was validated in
-    labels: np.ndarray           # (N, G) 0/1
-    probs: np.ndarray            # (N, G) out-of-fold probabilities
-    summaries: pd.DataFrame      # every finished fold's summary.csv rows, with a `fold` column
-    test_probs: pd.DataFrame | None = None  # id + one column per genre, mean over `test_folds`
-    test_folds: list[int] = field(default_factory=list)
-    config_differences: list[str] = field(default_factory=list)
-
-    @property
-    def max_genres(self) -> int: return int(self.config.get('max_genres', 3))
-
-    def describe(self) -> str:
-        "One paragraph: which folds were used and which are missing."
-        n_folds = len(self.finished) + len(self.missing)
-        text = f'run {self.name}: {len(self.finished)} of {n_folds} folds finished ({_fold_list(self.finished)}), {len(self.ids)} out-of-fold movies'
-        if self.missing:
-            text += ('; MISSING ' + ', '.join(f'fold {k} ({self.missing_status[k]})' for k in self.missing)
-                     + ': their movies are left out of the scores and their models out of the test average')
-        if self.config_differences: text += f'; the folds differ in {", ".join(self.config_differences)}'
-        return text
-
-def _fold_list(folds) -> str: return ', '.join(map(str, folds)) or 'none'
-
-# %% ../nbs/04a_evaluation.ipynb #0ea61298
-def finished_folds(run_dir) -> list[int]:
-    "The fold numbers in `run_dir` whose `best.pt` and `oof.csv` both exist, in order."
-    run_dir = Path(run_dir)
-    folds = [int(m.group(1)) for d in run_dir.glob('fold*') if (m := re.fullmatch(r'fold(\d+)', d.name)) and d.is_dir()]
-    return sorted(k for k in folds if (run_dir / f'fold{k}' / 'best.pt').is_file() and (run_dir / f'fold{k}' / 'oof.csv').is_file())
-
-def _missing_status(fold_dir: Path) -> str:
-    "Why a fold is not finished: never started, still training (epochs done of planned), or its best.pt is gone."
-    if not (fold_dir / 'summary.csv').is_file(): return 'not started'
-    if (fold_dir / 'oof.csv').is_file(): return 'oof.csv without best.pt'
-    epochs = json.loads((fold_dir / 'config.json').read_text()).get('epochs', '?') if (fold_dir / 'config.json').is_file() else '?'
-    return f'in progress: {len(pd.read_csv(fold_dir / "summary.csv"))} of {epochs} epochs'
-
-def _read_probs(path: Path, genres: list[str] | None = None) -> pd.DataFrame:
-    "A probability table (id + genre columns); its genre columns must be `genres` when given."
-    table = pd.read_csv(path)
-    if table.columns[0] != 'id': raise ValueError(f'{path} must start with an id column, not {table.columns[0]!r}')
-    if genres is not None and list(table.columns[1:]) != genres:
-        raise ValueError(f'{path} has the genre columns {list(table.columns[1:])}, other folds have {genres}')
-    return table
-
-def _mean_test_probs(run_dir: Path, finished: list[int], genres: list[str]) -> tuple[pd.DataFrame | None, list[int]]:
-    "The mean of the finished folds' test_probs.csv (rows in the first one's id order), and the folds that had one."
-    tables = {k: _read_probs(run_dir / f'fold{k}' / 'test_probs.csv', genres)
-              for k in finished if (run_dir / f'fold{k}' / 'test_probs.csv').is_file()}
-    if not tables: return None, []
-    first = next(iter(tables.values()))
-    for k, table in tables.items():
-        if set(table['id']) != set(first['id']) or not table['id'].is_unique:
-            raise ValueError(f'{run_dir}/fold{k}/test_probs.csv predicts other movies than the other folds: was it made on other data?')
-    mean = np.mean([t.set_index('id').loc[first['id'], genres].to_numpy() for t in tables.values()], axis=0)
-    return pd.concat([first[['id']], pd.DataFrame(mean, columns=genres)], axis=1), list(tables)
-
-# %% ../nbs/04a_evaluation.ipynb #5c8a4adf
-def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True) -> RunResult:
-    "Read `runs_dir/run_name`: every finished fold's OOF and test probabilities and summaries; labels from `data_dir` (default: the run's)."
-    run_dir = project_path(runs_dir) / run_name
-    if not run_dir.is_dir():
-        known = sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir()) if run_dir.parent.is_dir() else []
-        raise FileNotFoundError(f'no run folder {run_dir}; runs in {run_dir.parent}: {known or "none"}')
-    if not (run_dir / 'folds.csv').is_file(): raise FileNotFoundError(f'no {run_dir / "folds.csv"}: no fold of {run_name} has started')
-    folds = pd.read_csv(run_dir / 'folds.csv')
-    all_folds = sorted(int(k) for k in folds['fold'].unique())
-    finished = finished_folds(run_dir)
-    missing = [k for k in all_folds if k not in finished]
-    if not finished:
-        raise FileNotFoundError(f'no finished fold in {run_dir}: none of fold{all_folds[0]}..fold{all_folds[-1]} has both best.pt and oof.csv yet')
-
-    configs = {k: json.loads((run_dir / f'fold{k}' / 'config.json').read_text()) for k in finished}
-    config = configs[finished[0]]
-    differences = sorted({key for c in configs.values() for key in c if c.get(key) != config.get(key)} - {'fold', 'overwrite'})
-    genres = list(_read_probs(run_dir / f'fold{finished[0]}' / 'oof.csv').columns[1:])
-    oofs = []
-    for k in finished:
-        oof = _read_probs(run_dir / f'fold{k}' / 'oof.csv', genres)
-        expected = set(folds.loc[folds['fold'] == k, 'id'])
-        if set(oof['id']) != expected or len(oof) != len(expected):
-            raise ValueError(f'{run_dir}/fold{k}/oof.csv does not hold exactly the movies folds.csv gives fold {k} '
-                             f'({len(oof)} rows, {len(expected)} expected): a stale file? retrain the fold with overwrite=True')
-        oofs.append(oof.assign(fold=k))
-    oof = pd.concat(oofs, ignore_index=True)
-    ids = oof['id'].to_numpy(np.int64)
-    labels = read_labels(data_dir if data_dir is not None else config['data_dir'], ids, genres)
-    summaries = pd.concat([pd.read_csv(run_dir / f'fold{k}' / 'summary.csv').assign(fold=k) for k in finished], ignore_index=True)
-    test_probs, test_folds = _mean_test_probs(run_dir, finished, genres)
-    run = RunResult(run_name, run_dir, config, genres, finished, missing,
-                    {k: _missing_status(run_dir / f'fold{k}') for k in missing}, ids, oof['fold'].to_numpy(),
-                    labels, oof[genres].to_numpy(np.float64), summaries, test_probs, test_folds, differences)
-    if verbose: print(run.describe())
-    return run
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
 @dataclass
@@ -203,29 +70,6 @@ def evaluate(run: RunResult, metric: str = 'macro') -> Evaluation:
         scores.loc['tuned, cross-fitted'] = f1_scores(run.labels, crossed) | {'mean_genres': float(crossed.sum(1).mean())}
     per_genre = genre_table(run.labels, run.probs, predictions, run.genres, thresholds)
     return Evaluation(run, metric, thresholds, predictions, scores, per_genre, _fold_table(run, predictions, metric))
-
-# %% ../nbs/04a_evaluation.ipynb #64a13c41
-THRESHOLDS_FILE = 'thresholds.json'
-
-def _write_thresholds(run: RunResult, metric: str, thresholds) -> dict:
-    "Save `thresholds` (one per genre of `run`, tuned for `metric`) to the run's `thresholds.json`; return what was saved."
-    saved = dict(metric=metric, genres=run.genres, thresholds=[float(t) for t in thresholds], folds=run.finished,
-                 movies=len(run.ids))
-    path = run.run_dir / THRESHOLDS_FILE
-    partial = path.with_suffix('.partial')
-    partial.write_text(json.dumps(saved, indent=1))
-    os.replace(partial, path)  # a reader never sees a half-written file
-    return saved
-
-def run_thresholds(run_name: str, runs_dir='runs', metric: str | None = None, data_dir=None) -> dict:
-    "The run's saved `thresholds.json` when current, else thresholds tuned on its pooled OOF for `metric` (default: the run's), saved."
-    path = project_path(runs_dir) / run_name / THRESHOLDS_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get('folds') in (None, finished_folds(path.parent)) and metric in (None, saved.get('metric')): return saved
-    run = load_run(run_name, runs_dir, data_dir, verbose=False)
-    metric = metric or run.config['metric']
-    return _write_thresholds(run, metric, tune_thresholds(run.labels, run.probs, metric, run.max_genres))
 
 # %% ../nbs/04a_evaluation.ipynb #e37a02ce
 def plot_training_curves(summaries: pd.DataFrame, metric: str = 'macro') -> Figure:
@@ -335,18 +179,18 @@ def tta_comparison(run: RunResult, metric: str = 'macro', device: str = 'auto', 
     from movie_genre.data import load_split, make_loader
     from movie_genre.model import build_model
     from movie_genre.train import TrainConfig, amp_dtype, fold_datasets, load_checkpoint, predict_probs, resolve_device
-    configs = {k: TrainConfig.from_dict({**json.loads((run.run_dir / f'fold{k}' / 'config.json').read_text()), 'device': device})
+    configs = {k: TrainConfig.from_dict({**json.loads((run.run_dir / f'fold{k}' / CONFIG_FILE).read_text()), 'device': device})
                for k in run.finished}
     first = configs[run.finished[0]]
     torch_device = resolve_device(device)
     data = load_split(data_dir if data_dir is not None else first.data_dir, 'train', first.image_size, first.aspect,
                       first.on_bad, genres=run.genres)
-    folds = pd.read_csv(run.run_dir / 'folds.csv')
+    folds = pd.read_csv(run.run_dir / FOLDS_FILE)
     probs = {False: [], True: []}
     for k, cfg in configs.items():
         _, valid = fold_datasets(cfg, data, folds)
         model = build_model(cfg, len(run.genres), *data.title_vectors.shape[1:]).to(torch_device)
-        model.load_state_dict(load_checkpoint(run.run_dir / f'fold{k}' / 'best.pt', torch_device)['weights'])
+        model.load_state_dict(load_checkpoint(run.run_dir / f'fold{k}' / MODEL_FILE, torch_device)['weights'])
         loader = make_loader(valid, cfg.batch_size * 2, device=torch_device.type)
         for tta in (False, True):
             ids, fold_probs, _ = predict_probs(model, loader, torch_device, tta=tta, dtype=amp_dtype(cfg, torch_device))
@@ -386,19 +230,19 @@ def write_report(ev: Evaluation, out_dir) -> Path:
     for name, table in (('scores', ev.scores), ('genres', ev.genre_scores), ('folds', ev.fold_scores), ('thresholds', thresholds)):
         table.to_csv(out_dir / f'{name}.csv')
         ev.files[f'{name}.csv'] = out_dir / f'{name}.csv'
-    missing = (f'**Missing folds: {_fold_list(run.missing)}** '
+    missing = (f'**Missing folds: {fold_list(run.missing)}** '
                f'({"; ".join(f"fold {k}: {s}" for k, s in run.missing_status.items())}). Their movies are not in '
                f'the scores below and their models are not in the test average.' if run.missing else 'No fold is missing.')
     differences = f" The folds' configs differ in: {', '.join(run.config_differences)}." if run.config_differences else ''
     if run.test_probs is None: test = 'The run has no test probabilities (its data has no test split).'
     else:
-        test = f'Test probabilities: the mean of folds {_fold_list(run.test_folds)}, decoded with the tuned thresholds. '
+        test = f'Test probabilities: the mean of folds {fold_list(run.test_folds)}, decoded with the tuned thresholds. '
         submission = ev.files.get('submission')
         test += f'Submission: [`{submission.name}`]({submission.name}).' if submission else 'No submission was written.'
     figures = '\n\n'.join(f'### {FIGURES[name]}\n\n![{FIGURES[name]}]({ev.files[name].name})' for name in FIGURES if name in ev.files)
     text = f"""# Evaluation of run `{run.name}`
 
-Folds used: {_fold_list(run.finished)} of {len(run.finished) + len(run.missing)} ({len(run.ids)} out-of-fold movies). {missing}{differences}
+Folds used: {fold_list(run.finished)} of {len(run.finished) + len(run.missing)} ({len(run.ids)} out-of-fold movies). {missing}{differences}
 
 Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fold probabilities; at most
 {run.max_genres} genres per movie, and always the most probable one. Model: `{run.config.get('arch')}`, fusion
@@ -444,7 +288,7 @@ def evaluate_run(run_name: str, runs_dir='runs', metric: str = 'macro', data_dir
     "Evaluate run `run_name` into `reports_dir/run_name/` (tables, figures, submission.csv when possible, report.md) and save its thresholds for prediction."
     run = load_run(run_name, runs_dir, data_dir)
     ev = evaluate(run, metric)
-    _write_thresholds(run, metric, ev.thresholds)
+    save_thresholds(run, metric, ev.thresholds)
     ev.files[THRESHOLDS_FILE] = run.run_dir / THRESHOLDS_FILE
     out_dir = project_path(reports_dir) / run_name
     ev.files.update(write_figures(ev, out_dir))

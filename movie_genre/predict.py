@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .data import (MovieData, MovieDataset, eval_transforms, make_loader, poster_shape, project_path,
                               read_poster, title_lengths, tokenize)
 from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
-from .evaluate import THRESHOLDS_FILE, finished_folds, run_thresholds
+from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, run_thresholds
 from .metrics import decode
 from .model import YEAR_CENTRE, build_model
 from .train import TrainConfig, amp_dtype, load_checkpoint, predict_probs, resolve_device
@@ -239,13 +239,13 @@ class Predictor:
         finished = finished_folds(run_dir)
         if not finished:
             raise FileNotFoundError(f'run {run_name!r} has no finished fold: no fold folder of {run_dir} has both '
-                                    f'best.pt and oof.csv (train one, or wait for one to finish)')
+                                    f'{MODEL_FILE} and oof.csv (train one, or wait for one to finish)')
         if fold is not None and fold not in finished:
             raise FileNotFoundError(f'fold {fold} of run {run_name!r} is not finished; the finished folds are {finished}')
         folds, device = ([fold] if fold is not None else finished), resolve_device(device)
         models, recipe = [], None
         for k in folds:
-            state = load_checkpoint(run_dir / f'fold{k}' / 'best.pt', device)
+            state = load_checkpoint(run_dir / f'fold{k}' / MODEL_FILE, device)
             config = TrainConfig.from_dict(state['config'])
             fold_recipe = (list(state['genres']), tuple(state['title_shape']), config.image_size, config.aspect)
             if recipe is not None and fold_recipe != recipe:

@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
 from movie_genre.data import load_split, parse_genres, tokenize
 from movie_genre.demo import DEMO_GENRES, demo_word_vectors, make_demo
-from movie_genre.evaluate import THRESHOLDS_FILE, finished_folds, run_thresholds
+from movie_genre.runs import THRESHOLDS_FILE, finished_folds, run_thresholds
 from movie_genre.metrics import decode, tune_thresholds
 from movie_genre.predict import Predictor, encode_title, predict_cli, predict_files, read_word_vectors
 from movie_genre.train import TrainConfig, train_fold
@@ -201,7 +201,7 @@ def test_a_run_without_a_finished_fold_is_a_clear_error(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="no run 'nothing'"): Predictor.from_run('nothing', runs_dir=tmp_path)
     unfinished = tmp_path / 'u' / 'fold1'
     unfinished.mkdir(parents=True)
-    shutil.copy(run.runs / 'p' / 'fold1' / 'best.pt', unfinished)  # training, not finished: no oof.csv yet
+    shutil.copy(run.runs / 'p' / 'fold1' / 'model.pt', unfinished)  # training, not finished: no oof.csv yet
     assert finished_folds(tmp_path / 'u') == [] and finished_folds(run.runs / 'p') == [1, 2]
     with pytest.raises(FileNotFoundError, match='no finished fold'): Predictor.from_run('u', runs_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match=r'fold 3 .* not finished; the finished folds are \[1, 2\]'):

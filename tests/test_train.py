@@ -14,7 +14,7 @@ import torch
 from movie_genre.data import load_split
 from movie_genre.demo import make_demo
 from movie_genre.train import TrainConfig, fold_datasets, load_checkpoint, train_fold, make_loader
-from movie_genre.data import load_or_make_folds
+from movie_genre.runs import load_or_make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = ['seconds', 'images_per_s']
