@@ -61,11 +61,14 @@ def read_csv(path, **kwargs) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as e: raise DataError(f'cannot read {path} as CSV: {e}') from None
 
 def resolve_path(kaggle_path: str, data_dir: Path) -> Path:
-    "The local file for a Kaggle absolute path: its last two parts (folder/file) under `data_dir`."
-    parts = Path(str(kaggle_path).replace('\\', '/')).parts[-2:]
-    if len(parts) != 2 or any(p in ('', '.', '..') for p in parts):
+    "The local file for a Kaggle absolute path: its last two parts (folder/file), plain names, strictly under `data_dir`."
+    parts = str(kaggle_path).replace('\\', '/').split('/')[-2:]  # split by hand: Path('/x').parts keeps the root '/'
+    if len(parts) != 2 or any(p in ('', '.', '..') or '\0' in p for p in parts):
         raise DataError(f'cannot resolve {kaggle_path!r}: expected .../<folder>/<file>')
-    return Path(data_dir) / parts[0] / parts[1]
+    path = Path(data_dir) / parts[0] / parts[1]
+    if os.path.commonpath([os.path.abspath(path), os.path.abspath(data_dir)]) != os.path.abspath(data_dir):
+        raise DataError(f'{kaggle_path!r} resolves to {path}, outside the data folder {data_dir}')
+    return path
 
 # %% ../nbs/01_dataset.ipynb #fe8a2497
 def parse_genres(text) -> list[str]:
