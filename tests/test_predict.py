@@ -49,7 +49,7 @@ def run(tmp_path_factory):
 
 
 def test_thresholds_are_tuned_on_the_pooled_out_of_fold_probabilities(run):
-    saved = json.loads((run.runs / 'p' / THRESHOLDS_FILE).read_text())
+    saved = json.loads((run.runs / 'p' / THRESHOLDS_FILE).read_text())['macro']
     assert saved['metric'] == 'macro' and saved['genres'] == DEMO_GENRES and saved['folds'] == [1, 2]
     oof = pd.concat([pd.read_csv(run.runs / 'p' / f'fold{k}' / 'oof.csv') for k in (1, 2)], ignore_index=True)
     data = load_split(run.data, 'train', image_size=32)
@@ -60,12 +60,12 @@ def test_thresholds_are_tuned_on_the_pooled_out_of_fold_probabilities(run):
 
 def test_saved_thresholds_are_used_and_stale_ones_retuned(run, tmp_path):
     copy = shutil.copytree(run.runs / 'p', tmp_path / 'p')
-    mine = dict(metric='micro', genres=DEMO_GENRES[::-1], thresholds=[0.1 * i for i in range(8)])  # no 'folds': trusted
-    (copy / THRESHOLDS_FILE).write_text(json.dumps(mine))
-    predictor = Predictor.from_run('p', runs_dir=tmp_path)
-    assert np.allclose(predictor.thresholds, [0.1 * i for i in range(8)][::-1])
-    (copy / THRESHOLDS_FILE).write_text(json.dumps({**mine, 'folds': [1]}))  # tuned before fold 2 finished
-    assert run_thresholds('p', tmp_path)['folds'] == [1, 2] and json.loads((copy / THRESHOLDS_FILE).read_text())['metric'] == 'macro'
+    current = json.loads((copy / THRESHOLDS_FILE).read_text())['macro']
+    mine = {**current, 'genres': DEMO_GENRES[::-1], 'thresholds': [0.1 * i for i in range(8)]}  # same digest: trusted
+    (copy / THRESHOLDS_FILE).write_text(json.dumps({'macro': mine}))
+    assert np.allclose(Predictor.from_run('p', runs_dir=tmp_path).thresholds, [0.1 * i for i in range(8)][::-1])
+    (copy / THRESHOLDS_FILE).write_text(json.dumps({'macro': {**mine, 'oof_digest': 'another oof'}}))  # a fold retrained since
+    assert run_thresholds('p', tmp_path) == current
 
 
 def test_one_poster_gives_the_probabilities_training_wrote(run):
