@@ -21,7 +21,7 @@ from .data import (MovieData, MovieDataset, eval_transforms, make_loader, poster
 from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
 from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, run_thresholds
 from .metrics import decode
-from .model import YEAR_CENTRE, build_model
+from .model import build_model
 from .train import TrainConfig, amp_dtype, load_checkpoint, predict_probs, resolve_device
 
 # %% auto #0
@@ -163,7 +163,7 @@ def _prepare(predictor: Predictor, poster, title=None, title_array=None, year=No
     except Exception as e: raise ValueError(f'cannot read the poster {poster}: {type(e).__name__}: {e}') from e
     array, unknown, notes = _title_input(predictor, title, title_array, vectors, no_title)
     if _missing(year):
-        year = predictor.median_year
+        year = predictor.year_fill
         if predictor.uses_year: notes.append(f'no year: used {year:g}, the median year of the training data')
     try: year = float(year)
     except (TypeError, ValueError): raise ValueError(f'the year must be a number, not {year!r}') from None
@@ -210,14 +210,6 @@ def _table_row(genres: list[str], result: dict | None, row: dict, error: str = '
                 notes='; '.join(result['notes']) if result else '', error=error)
 
 # %% ../nbs/06_predict.ipynb #3102e2fa
-def _training_median_year(config: TrainConfig) -> float:
-    "The median year of the run's training data, or the model's centre year when the data is gone."
-    train_csv = project_path(config.data_dir) / 'train.csv'
-    if train_csv.is_file():
-        years = pd.to_numeric(pd.read_csv(train_csv, usecols=['year'])['year'], errors='coerce').dropna()
-        if len(years): return float(years.median())
-    return YEAR_CENTRE
-
 @dataclass
 class Predictor:
     "A trained run's fold models, its thresholds and its input recipe, ready for movies that were in no CSV."
@@ -227,7 +219,7 @@ class Predictor:
     title_shape: tuple[int, int]
     thresholds: np.ndarray
     folds: list[int]
-    median_year: float
+    year_fill: float             # the year of a movie without one: the one training gave such movies
     device: torch.device
     run_dir: Path
 
@@ -261,7 +253,7 @@ class Predictor:
             raise ValueError(f"{run_dir / THRESHOLDS_FILE} is for the genres {saved['genres']}, the run predicts {genres}")
         by_genre = dict(zip(saved['genres'], saved['thresholds']))
         return cls(models, config, genres, title_shape, np.array([by_genre[g] for g in genres]), folds,
-                   _training_median_year(config), device, run_dir)
+                   float(state['year_fill']), device, run_dir)
 
     @property
     def uses_title(self) -> bool: return self.models[0].title_encoder is not None

@@ -112,7 +112,7 @@ def test_a_vectors_file_gives_the_data_title_arrays(run, tmp_path, kind):
 def test_unknown_words_and_defaults_are_reported(run):
     poster = run.data / 'test' / f'{run.test.id[0]}.jpg'
     result = run.predictor.predict(poster, 'Love and the Zorblax Quimby', vectors=demo_word_vectors(50))
-    assert result['unknown_words'] == ['zorblax', 'quimby'] and result['year'] == run.predictor.median_year
+    assert result['unknown_words'] == ['zorblax', 'quimby'] and result['year'] == run.predictor.year_fill
     assert any('no year' in note for note in result['notes'])
     nothing_known = run.predictor.predict(poster, 'Zorblax', year=2001, vectors=run.vectors)
     assert nothing_known['unknown_words'] == ['zorblax'] and 'no word of the title' in nothing_known['notes'][0]
@@ -212,3 +212,21 @@ def test_truncated_binary_vectors_are_refused(run, tmp_path):
     path = write_vectors(tmp_path / 'vectors.bin', demo_word_vectors(50), 'binary')
     path.write_bytes(path.read_bytes()[:-300])
     with pytest.raises(ValueError, match='ends early'): read_word_vectors(path, ['nowhere'])
+
+
+def test_a_movie_without_a_year_gets_the_same_input_in_training_and_prediction(tmp_path, monkeypatch):
+    "Missing years take the training data's median everywhere: the test split's own median would give other inputs."
+    monkeypatch.setenv('MOVIE_GENRE_CACHE', str(tmp_path / 'cache'))
+    data = make_demo(tmp_path / 'data', n_train=60, n_test=12)
+    test = pd.read_csv(data / 'test.csv')
+    test['year'] = test['year'].astype(float)
+    test.loc[:5, 'year'] = np.nan  # the test split's own median moves far from the training data's
+    test.loc[6:, 'year'] = 1930.0
+    test.to_csv(data / 'test.csv', index=False)
+    train_fold(TrainConfig(data_dir=str(data), runs_dir=str(tmp_path / 'runs'), run_name='y', folds=2, epochs=1, image_size=32))
+    predictor = Predictor.from_run('y', runs_dir=tmp_path / 'runs')
+    assert predictor.year_fill == float(pd.read_csv(data / 'train.csv')['year'].median())
+    movie = test.iloc[0]
+    result = predictor.predict(data / 'test' / f'{movie.id}.jpg', title_array=data / 'test_w2v' / f'{movie.id}.npy')
+    written = pd.read_csv(tmp_path / 'runs' / 'y' / 'fold1' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
+    assert np.allclose(list(result['probabilities'].values()), written, atol=1e-5)
