@@ -26,11 +26,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'project_root', 'project_path', 'cache_dir',
-           'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'poster_shape', 'read_poster', 'poster_cache',
-           'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split', 'read_labels',
-           'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms',
-           'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'BAD_ROWS_FILE', 'project_root', 'project_path',
+           'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'poster_shape', 'read_poster',
+           'poster_cache', 'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split',
+           'csv_line', 'read_labels', 'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms',
+           'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -196,6 +196,7 @@ def load_title_arrays(files: list[Path | None]) -> tuple[np.ndarray, np.ndarray,
 # %% ../nbs/01_dataset.ipynb #a2a2673b
 REQUIRED_COLUMNS = ['id', 'path', 'w2v_path', 'title', 'year']
 SHOWN_PROBLEMS = 10  # bad rows named in full in an error; the rest are counted
+BAD_ROWS_FILE = 'bad_rows_{split}.csv'  # the rows `on_bad='skip'` dropped, in its `report_dir`
 
 @dataclass
 class MovieData:
@@ -319,7 +320,7 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
         summary = problems.summary(csv)
         if problems.fatal or len(problems.rows) == len(table): raise DataError(summary)  # dropping rows cannot help
         if on_bad == 'raise': raise DataError(summary + "\nFix them, or load with on_bad='skip' to drop the bad rows.")
-        report = project_path(report_dir or cache_dir() / 'bad_rows') / f'bad_rows_{split}.csv'
+        report = project_path(report_dir or cache_dir() / 'bad_rows') / BAD_ROWS_FILE.format(split=split)
         report.parent.mkdir(parents=True, exist_ok=True)
         problems.report().to_csv(report, index=False)
         print(f'skipping {summary}\nthe list is in {report}')
@@ -339,26 +340,36 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
                      images, title_vectors[keep], title_len[keep], year, labels, genres, float(year_fill))
 
 # %% ../nbs/01_dataset.ipynb #05b9c4fb
+def csv_line(row: int) -> int:
+    "The line of a CSV file holding data row `row` (0-based, after the header), as an editor numbers lines."
+    return int(row) + 2
+
 @functools.lru_cache(maxsize=4)
-def _genres_by_id(csv: str, mtime_ns: int) -> pd.Series:
-    "The parsed genre lists of `csv`, indexed by id (cached per file version)."
-    table = pd.read_csv(csv, usecols=['id', 'genres'])
-    if not table['id'].is_unique: raise ValueError(f'{csv} has duplicate ids, e.g. {table["id"][table["id"].duplicated()].iloc[0]}')
-    return pd.Series([parse_genres(text) for text in table['genres']], index=table['id'])
+def _genre_texts(csv: str, mtime_ns: int) -> pd.DataFrame:
+    "`id`, the unparsed `genres` and the CSV line of every row of `csv` (cached per file version)."
+    table = read_csv(csv, usecols=['id', 'genres'])
+    return table.assign(id=pd.to_numeric(table['id'], errors='coerce'), line=[csv_line(i) for i in range(len(table))])
 
 def read_labels(data_dir, ids, genres: list[str]) -> np.ndarray:
-    "0/1 labels `(len(ids), len(genres))` of the movies `ids`, from `data_dir/train.csv`."
+    "0/1 labels `(len(ids), len(genres))` of the movies `ids`, from `data_dir/train.csv`; only their rows are parsed."
     csv = project_path(data_dir) / 'train.csv'
     if not csv.is_file(): raise FileNotFoundError(f'no {csv}: the labels come from the train.csv of the data the run was trained on')
-    by_id = _genres_by_id(str(csv), csv.stat().st_mtime_ns)
+    table = _genre_texts(str(csv), csv.stat().st_mtime_ns)
     ids = np.asarray(ids)
-    absent = ids[~np.isin(ids, by_id.index)]
+    rows = table[table['id'].isin(ids)]  # rows a run skipped as bad are never read
+    twice = rows[rows['id'].duplicated(keep=False)]
+    if len(twice): raise DataError(f'{csv} has several rows for id {twice["id"].iloc[0]:g} (lines {twice["line"].tolist()[:5]})')
+    absent = ids[~np.isin(ids, rows['id'])]
     if len(absent): raise ValueError(f'{len(absent)} ids are not in {csv}, e.g. {absent[:5].tolist()}: is it the data the run was trained on?')
     labels = np.zeros((len(ids), len(genres)), np.int64)
     column = {g: j for j, g in enumerate(genres)}
-    for i, movie_genres in enumerate(by_id.loc[ids]):
+    by_id = {movie: (text, line) for movie, text, line in zip(rows['id'], rows['genres'], rows['line'])}
+    for i, movie in enumerate(ids):
+        text, line = by_id[movie]
+        try: movie_genres = parse_genres(text)
+        except ValueError as e: raise DataError(f'{csv}, line {line} (id {movie}): {e}') from None
         unknown = [g for g in movie_genres if g not in column]
-        if unknown: raise ValueError(f'movie {ids[i]} in {csv} has genre(s) {unknown} that the run does not predict ({genres})')
+        if unknown: raise ValueError(f'{csv}, line {line}: movie {movie} has genre(s) {unknown} that the run does not predict ({genres})')
         labels[i, [column[g] for g in movie_genres]] = 1
     return labels
 

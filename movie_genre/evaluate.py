@@ -137,15 +137,24 @@ def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, max_genres: int
         if len(bad): problems.append(f'{len(bad)} rows have no genre or more than {max_genres}, e.g. ids {bad.head(5).tolist()}')
     if problems: raise ValueError('invalid submission: ' + '; '.join(problems))
 
-def submission_frame(test_probs: pd.DataFrame, thresholds, sample: pd.DataFrame, max_genres: int = 3) -> pd.DataFrame:
-    "The submission: `sample`'s ids and columns, 0/1 from `test_probs` (id + genres) decoded with `thresholds`."
+def submission_frame(test_probs: pd.DataFrame, thresholds, sample: pd.DataFrame, max_genres: int = 3,
+                     skipped=()) -> pd.DataFrame:
+    "The submission: `sample`'s ids and columns, 0/1 from `test_probs` (id + genres) decoded with `thresholds`; `skipped` ids get the average movie's genres."
     genres = list(test_probs.columns[1:])
     if set(sample.columns[1:]) != set(genres):
         raise ValueError(f'sample_submission.csv has the genres {list(sample.columns[1:])}, the run predicts {genres}')
     absent = set(sample['id']) - set(test_probs['id'])
-    if absent: raise ValueError(f'{len(absent)} ids of sample_submission.csv have no test probabilities, e.g. {sorted(absent)[:5]}: '
-                                f'were the test probabilities made on this data?')
-    probs = test_probs.set_index('id').loc[sample['id'], genres].to_numpy(np.float64)
+    if absent - set(skipped):
+        unexplained = sorted(absent - set(skipped))
+        raise ValueError(f'{len(unexplained)} ids of sample_submission.csv have no test probabilities, e.g. {unexplained[:5]}: '
+                         f'were the test probabilities made on this data?')
+    by_id = test_probs.set_index('id')[genres]
+    if absent:  # rows that training skipped as bad: a submission still needs them, so they get the mean test probabilities
+        by_id = pd.concat([by_id, pd.DataFrame([by_id.mean().to_numpy()] * len(absent), index=sorted(absent), columns=genres)])
+        filled = decode(by_id.mean().to_numpy()[None], thresholds, max_genres)[0]
+        print(f'warning: {len(absent)} test movies were skipped as bad rows (e.g. ids {sorted(absent)[:5]}); their rows get the '
+              f'genres of the mean test probabilities: {", ".join(g for g, on in zip(genres, filled) if on)}')
+    probs = by_id.loc[sample['id']].to_numpy(np.float64)
     pred = pd.DataFrame(decode(probs, thresholds, max_genres), columns=genres)
     return pd.concat([sample[['id']].reset_index(drop=True), pred[list(sample.columns[1:])]], axis=1)
 
@@ -156,7 +165,7 @@ def write_submission(run: RunResult, thresholds, sample_file, out) -> Path:
     sample_file = project_path(sample_file)
     if not sample_file.is_file(): raise FileNotFoundError(f'no {sample_file}: the submission copies its ids and columns')
     sample = pd.read_csv(sample_file)
-    sub = submission_frame(run.test_probs, thresholds, sample, run.max_genres)
+    sub = submission_frame(run.test_probs, thresholds, sample, run.max_genres, run.skipped_test)
     validate_submission(sub, sample, run.max_genres)
     out = project_path(out); out.parent.mkdir(parents=True, exist_ok=True)
     sub.to_csv(out, index=False)
