@@ -186,23 +186,24 @@ def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir
 def tta_comparison(run: RunResult, metric: str = 'macro', device: str = 'auto', data_dir=None) -> pd.DataFrame:
     "OOF F1s of the run's best weights without and with flipped-poster averaging (thresholds tuned for `metric` on each)."
     from movie_genre.data import load_split, make_loader
+    from movie_genre.device import Runtime, predict_probs
     from movie_genre.model import build_model
-    from movie_genre.train import TrainConfig, amp_dtype, fold_datasets, load_checkpoint, predict_probs, resolve_device
+    from movie_genre.train import TrainConfig, fold_datasets, load_checkpoint
     configs = {k: TrainConfig.from_dict({**json.loads((run.run_dir / f'fold{k}' / CONFIG_FILE).read_text()), 'device': device})
                for k in run.finished}
     first = configs[run.finished[0]]
-    torch_device = resolve_device(device)
+    runtime = Runtime.of(first)
     data = load_split(data_dir if data_dir is not None else first.data_dir, 'train', first.image_size, first.aspect,
                       first.on_bad, genres=run.genres)
     folds = pd.read_csv(run.run_dir / FOLDS_FILE)
     probs = {False: [], True: []}
     for k, cfg in configs.items():
         _, valid = fold_datasets(cfg, data, folds)
-        model = build_model(cfg, len(run.genres), *data.title_vectors.shape[1:]).to(torch_device)
-        model.load_state_dict(load_checkpoint(run.run_dir / f'fold{k}' / MODEL_FILE, torch_device)['weights'])
-        loader = make_loader(valid, cfg.batch_size * 2, device=torch_device.type)
+        model = runtime.prepare(build_model(cfg, len(run.genres), *data.title_vectors.shape[1:]))
+        model.load_state_dict(load_checkpoint(run.run_dir / f'fold{k}' / MODEL_FILE, runtime.device)['weights'])
+        loader = make_loader(valid, cfg.batch_size * 2, device=runtime.device.type)
         for tta in (False, True):
-            ids, fold_probs, _ = predict_probs(model, loader, torch_device, tta=tta, dtype=amp_dtype(cfg, torch_device))
+            ids, fold_probs, _ = predict_probs(model, loader, runtime, tta=tta)
             probs[tta].append(pd.DataFrame(fold_probs, index=ids))
     rows = {}
     for tta, name in ((False, 'no flip'), (True, 'flip averaged')):

@@ -22,7 +22,8 @@ from .data import title_array as _title_array  # private name: `title_array` is 
 from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, run_thresholds
 from .metrics import decode
 from .model import build_model
-from .train import TrainConfig, amp_dtype, load_checkpoint, predict_probs, resolve_device
+from .device import Runtime, predict_probs
+from .train import TrainConfig, load_checkpoint
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'WordVectors', 'read_word_vectors', 'as_word_vectors', 'encode_title', 'Predictor', 'input_rows',
@@ -181,10 +182,8 @@ def _probs(predictor: Predictor, items: list[dict]) -> np.ndarray:
                      title_lengths(titles),
                      np.array([item['year'] for item in items], np.float32), None, predictor.genres)
     loader = make_loader(MovieDataset(data, transform=eval_transforms(*images.shape[1:3])),
-                         predictor.config.batch_size * 2, device=predictor.device.type)
-    config, device = predictor.config, predictor.device
-    return np.mean([predict_probs(model, loader, device, tta=config.tta, dtype=amp_dtype(config, device),
-                                  channels_last=config.channels_last)[1] for model in predictor.models], axis=0)
+                         predictor.config.batch_size * 2, device=predictor.runtime.device.type)
+    return np.mean([predict_probs(model, loader, predictor.runtime, tta=predictor.config.tta)[1] for model in predictor.models], axis=0)
 
 def _results(predictor: Predictor, items: list[dict]) -> list[dict]:
     "Each prepared movie's genres (at most `max_genres`, most probable first), all probabilities and report."
@@ -220,12 +219,13 @@ class Predictor:
     thresholds: np.ndarray
     folds: list[int]
     year_fill: float             # the year of a movie without one: the one training gave such movies
-    device: torch.device
+    runtime: Runtime             # where and how the models run: the run's own precision and layout
     run_dir: Path
 
     @classmethod
-    def from_run(cls, run_name: str, runs_dir='runs', fold: int | None = None, device: str = 'auto') -> Predictor:
-        "The ensemble of the finished folds of `runs_dir/run_name` (or its fold `fold` alone)."
+    def from_run(cls, run_name: str, runs_dir='runs', fold: int | None = None, device: str = 'auto',
+                 runtime: Runtime | None = None) -> Predictor:
+        "The ensemble of the finished folds of `runs_dir/run_name` (or its fold `fold` alone), on `device` in the run's precision (or `runtime`)."
         run_dir = project_path(runs_dir) / run_name
         if not run_dir.is_dir(): raise FileNotFoundError(f'no run {run_name!r}: {run_dir} does not exist')
         finished = finished_folds(run_dir)
@@ -234,26 +234,27 @@ class Predictor:
                                     f'{MODEL_FILE} and oof.csv (train one, or wait for one to finish)')
         if fold is not None and fold not in finished:
             raise FileNotFoundError(f'fold {fold} of run {run_name!r} is not finished; the finished folds are {finished}')
-        folds, device = ([fold] if fold is not None else finished), resolve_device(device)
+        folds = [fold] if fold is not None else finished
         models, recipe = [], None
         for k in folds:
-            state = load_checkpoint(run_dir / f'fold{k}' / MODEL_FILE, device)
-            config = TrainConfig.from_dict(state['config'])
+            state = load_checkpoint(run_dir / f'fold{k}' / MODEL_FILE)
+            config = TrainConfig.from_dict({**state['config'], 'device': device})
+            runtime = runtime or Runtime.of(config)
             fold_recipe = (list(state['genres']), tuple(state['title_shape']), config.image_size, config.aspect)
             if recipe is not None and fold_recipe != recipe:
                 raise ValueError(f'the folds of {run_dir} differ in genres, title shape or poster size '
                                  f'(fold {folds[0]}: {recipe}, fold {k}: {fold_recipe}); pick one with fold=')
             recipe = fold_recipe
-            model = build_model(config, len(state['genres']), *state['title_shape']).to(device)
+            model = runtime.prepare(build_model(config, len(state['genres']), *state['title_shape']))
             model.load_state_dict(state['weights'])
-            models.append(model.to(memory_format=torch.channels_last) if config.channels_last else model)
+            models.append(model)
         genres, title_shape = recipe[0], recipe[1]
         saved = run_thresholds(run_name, runs_dir)
         if sorted(saved['genres']) != sorted(genres):
             raise ValueError(f"{run_dir / THRESHOLDS_FILE} is for the genres {saved['genres']}, the run predicts {genres}")
         by_genre = dict(zip(saved['genres'], saved['thresholds']))
         return cls(models, config, genres, title_shape, np.array([by_genre[g] for g in genres]), folds,
-                   float(state['year_fill']), device, run_dir)
+                   float(state['year_fill']), runtime, run_dir)
 
     @property
     def uses_title(self) -> bool: return self.models[0].title_encoder is not None

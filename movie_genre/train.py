@@ -8,7 +8,9 @@ import json
 import math
 import os
 import pickle
+import socket
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,17 +20,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import (MovieData, MovieDataset, eval_transforms, load_split,
-                              make_loader, project_path, train_transforms)
+from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
+                              project_path, train_transforms)
+from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
-from .runs import (CONFIG_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE, TEST_FILE,
-                              load_or_make_folds)
+from .runs import (CONFIG_FILE, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE,
+                              TEST_FILE, fold_lock, load_or_make_folds, write_atomic)
 
 # %% auto #0
-__all__ = ['TrainConfig', 'resolve_device', 'amp_dtype', 'seed_everything', 'to_device', 'genre_loss', 'mixup', 'lr_lambda',
-           'make_optimizer', 'save_checkpoint', 'load_checkpoint', 'predict_probs', 'probs_frame', 'fold_datasets',
-           'train_fold']
+__all__ = ['RESUMABLE', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'probs_frame', 'fold_datasets', 'config_changes',
+           'describe_changes', 'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -61,10 +64,13 @@ class TrainConfig(ModelConfig):
     max_genres: int = 3
     optimizer: str = 'adamw'      # 'adamw', or 'adam' (the competition notebook's, with L2 weight decay)
     schedule: str = 'cosine'      # 'cosine' (warm-up then cosine) or 'constant'
-    device: str = 'auto'          # 'auto' picks CUDA when present
-    amp: bool = True              # mixed precision on CUDA (bf16 where supported)
+    device: str = 'auto'          # 'auto' picks CUDA when present; 'cpu', 'cuda' or 'cuda:N'
+    amp: bool = True              # mixed precision where it pays: bf16 (or fp16) on a GPU, bf16 on a CPU with native bf16
+    amp_dtype: str = 'auto'       # 'auto', or 'bf16' / 'fp16' to insist on one
     channels_last: bool = True
-    num_workers: int = -1         # -1: none on CPU, up to 8 on CUDA
+    compile: bool = False         # torch.compile the network for training (no faster on the development CPU)
+    threads: int = 0              # CPU threads for torch; 0: every core this process may use
+    num_workers: int = -1         # loader processes; -1: none on CPU, up to 8 on CUDA
     seed: int = 0
     on_bad: str = 'raise'         # bad data rows: 'raise' or 'skip'
     overwrite: bool = False       # retrain a finished fold
@@ -72,12 +78,14 @@ class TrainConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         choices = dict(loss=('bce', 'asl'), metric=('macro', 'micro', 'samples'), optimizer=('adamw', 'adam'),
-                       schedule=('cosine', 'constant'), on_bad=('raise', 'skip'), select=('last', 'best'))
+                       schedule=('cosine', 'constant'), on_bad=('raise', 'skip'), select=('last', 'best'),
+                       amp_dtype=('auto', 'bf16', 'fp16'))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed: raise ValueError(f'{name} must be one of {allowed}, not {getattr(self, name)!r}')
         if not 1 <= self.fold <= self.folds: raise ValueError(f'fold must be in 1..{self.folds}, not {self.fold}')
         if self.epochs < 1 or self.batch_size < 1: raise ValueError('epochs and batch_size must be positive')
         if self.patience < 0: raise ValueError(f'patience must be 0 (no early stopping) or more, not {self.patience}')
+        if self.threads < 0: raise ValueError(f'threads must be 0 (every core) or more, not {self.threads}')
 
     @property
     def optimistic(self) -> bool:
@@ -88,29 +96,11 @@ class TrainConfig(ModelConfig):
     def fold_dir(self) -> Path: return project_path(self.runs_dir) / self.run_name / f'fold{self.fold}'
 
 # %% ../nbs/03b_training.ipynb #6544914f
-def resolve_device(name: str = 'auto') -> torch.device:
-    "`auto` is CUDA when available, else the CPU."
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available(): raise RuntimeError(f'device {name!r} asked for, but CUDA is not available')
-    return device
-
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    "The autocast dtype: bf16 or fp16 on CUDA with `amp`, none on the CPU."
-    if not cfg.amp or device.type != 'cuda': return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
 def seed_everything(seed: int):
     "Seed Python, NumPy and torch, and ask torch for deterministic kernels where cheap."
     import random
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False
-
-def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    "The batch's tensors on `device` (posters in channels-last layout when asked)."
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if channels_last: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
-    return out
 
 # %% ../nbs/03b_training.ipynb #887df170
 def genre_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = 'bce', smoothing: float = 0.0) -> torch.Tensor:
@@ -153,6 +143,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 # %% ../nbs/03b_training.ipynb #d0efe561
+class CheckpointError(ValueError):
+    "A checkpoint that cannot be used: damaged, or holding pickled Python objects."
+
 def save_checkpoint(path, **state):
     "Write `state` to `path` atomically (temporary file, then rename)."
     path = Path(path); tmp = path.with_suffix('.tmp')
@@ -160,28 +153,16 @@ def save_checkpoint(path, **state):
     os.replace(tmp, path)
 
 def load_checkpoint(path, device='cpu') -> dict:
-    "A checkpoint's state, refusing files that hold pickled Python objects."
+    "A checkpoint's state; `CheckpointError` for a damaged file or one that holds pickled Python objects."
     try: return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f'{path} holds pickled Python objects, which could run code when loaded; '
-                         f'refusing it (only weights and plain values are allowed)') from e
+        raise CheckpointError(f'{path} holds pickled Python objects, which could run code when loaded; '
+                              f'refusing it (only weights and plain values are allowed)') from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f'{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no detail"}): '
+                              f'a full disk or an incomplete copy?') from e
 
 # %% ../nbs/03b_training.ipynb #269ff544
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, loader, device: torch.device, tta: bool = False,
-                  dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    "`(ids, probabilities, mean loss)` of `model` over `loader`."
-    model.eval()
-    ids, probs, losses = [], [], []
-    for batch in loader:
-        batch = to_device(batch, device, channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(batch).float()
-            if tta: logits = (logits + model({**batch, 'image': batch['image'].flip(-1)}).float()) / 2
-        losses.append(F.binary_cross_entropy_with_logits(logits, batch['labels']).item() * len(logits))
-        ids.append(batch['id'].cpu().numpy()); probs.append(torch.sigmoid(logits).cpu().numpy())
-    return np.concatenate(ids), np.concatenate(probs), sum(losses) / max(1, sum(len(i) for i in ids))
-
 def probs_frame(ids: np.ndarray, probs: np.ndarray, genres: list[str]) -> pd.DataFrame:
     "A table of `id` plus one probability column per genre."
     return pd.concat([pd.DataFrame({'id': ids}), pd.DataFrame(probs, columns=genres)], axis=1)
@@ -200,15 +181,36 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
     thresholds = tune_thresholds(labels, probs, metric=cfg.metric, max_genres=cfg.max_genres)
     return {f'f1_{k}': v for k, v in f1_scores(labels, decode(probs, thresholds, cfg.max_genres)).items()}
 
+# %% ../nbs/03b_training.ipynb #4a2beb8b
+RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
+FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
+                BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test'))
+
+def config_changes(recorded: dict, cfg: TrainConfig, names=None) -> dict[str, tuple]:
+    "`{name: (recorded value, value in cfg)}` for the fields (default: all but `RESUMABLE` and `fold`) that differ."
+    names = names if names is not None else [n for n in asdict(cfg) if n not in RESUMABLE + ('fold',)]
+    return {n: (recorded[n], getattr(cfg, n)) for n in names if n in recorded and recorded[n] != getattr(cfg, n)}
+
+def describe_changes(changes: dict) -> str: return ', '.join(f'{n} {now!r} (was {was!r})' for n, (was, now) in changes.items())
+
 # %% ../nbs/03b_training.ipynb #67a0c83b
 def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData | None = None) -> dict:
     "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the scores of the epoch it predicts with."
-    out = cfg.fold_dir
-    if cfg.overwrite and out.exists():
-        for f in out.iterdir():
-            if f.is_file(): f.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    with fold_lock(cfg.fold_dir): return _train_fold(cfg, data, test)
+
+def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None) -> dict:
+    out, name = cfg.fold_dir, f'fold {cfg.fold} of {cfg.run_name}'
+    if cfg.overwrite:
+        for file in FOLD_OUTPUTS: (out / file).unlink(missing_ok=True)
+    if (out / MODEL_FILE).is_file() and (out / OOF_FILE).is_file():
+        state = load_checkpoint(out / MODEL_FILE)
+        changes = config_changes(state['config'], cfg)
+        print(f'{name} is finished' + (f', trained with other settings than these: {describe_changes(changes)}' if changes else '')
+              + '; overwrite=True (-p overwrite True) trains it again')
+        return _result(cfg, pd.read_csv(out / SUMMARY_FILE).to_dict('records'), state['epoch'])
+
+    runtime = Runtime.of(cfg)
+    print(f'{name}: training on {runtime.describe()}', flush=True)
     data = data if data is not None else load_split(cfg.data_dir, 'train', cfg.image_size, cfg.aspect, cfg.on_bad, out)
     if test is None and (project_path(cfg.data_dir) / 'test.csv').exists():
         test = load_split(cfg.data_dir, 'test', cfg.image_size, cfg.aspect, cfg.on_bad, out, genres=data.genres,
@@ -216,45 +218,52 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
     folds = load_or_make_folds(out.parent / FOLDS_FILE, data, cfg.folds, cfg.fold_seed)
 
     train_ds, valid_ds = fold_datasets(cfg, data, folds)
-    workers = cfg.num_workers if cfg.num_workers >= 0 else (0 if device.type == 'cpu' else min(8, os.cpu_count() or 1))
-    train_dl = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=workers, device=device.type,
-                           drop_last=len(train_ds) > cfg.batch_size)
-    valid_dl = make_loader(valid_ds, cfg.batch_size * 2, num_workers=workers, device=device.type)
+    cuda = runtime.device.type == 'cuda'
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if cuda else 0)
+    train_dl = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=workers,
+                           device=runtime.device.type, drop_last=len(train_ds) > cfg.batch_size)
+    valid_dl = make_loader(valid_ds, cfg.batch_size * 2, num_workers=workers, device=runtime.device.type)
 
     seed_everything(cfg.seed)
     L, D = data.title_vectors.shape[1:]
-    model = build_model(cfg, len(data.genres), L, D).to(device)
-    if cfg.channels_last: model = model.to(memory_format=torch.channels_last)
+    model = runtime.prepare(build_model(cfg, len(data.genres), L, D))
+    step_model = compile_model(model) if cfg.compile else model
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
            if cfg.ema > 0 else None)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(train_dl)))
-    dtype = amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
 
-    start, best, since_best, rows = 0, -1.0, 0, []
+    start, best, since_best, rows, finished = 0, -1.0, 0, [], False
     if (out / LAST_FILE).exists():
-        state = load_checkpoint(out / LAST_FILE, device)
+        try: state = load_checkpoint(out / LAST_FILE, runtime.device)
+        except CheckpointError as e:
+            raise CheckpointError(f'{e} {name} cannot resume from it: train the fold again with overwrite=True '
+                                  f'(-p overwrite True), or delete {out / LAST_FILE}') from e
+        changes = config_changes(state['config'], cfg)
+        if changes:
+            raise ValueError(f'{name} was interrupted, and resuming it with other settings would mix two recipes: '
+                             f'{describe_changes(changes)}. Resume it with the settings it started with, or train it '
+                             f'again with overwrite=True (-p overwrite True).')
         model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
+        scheduler.load_state_dict(state['scheduler']); scaler.load_state_dict(state['scaler'])
         if ema is not None: ema.load_state_dict(state['ema'])
-        start, best, since_best = state['epoch'] + 1, state['best'], state['since_best']
+        start, best, since_best, finished = state['epoch'] + 1, state['best'], state['since_best'], state['finished']
         rows = pd.read_csv(out / SUMMARY_FILE).iloc[:start].to_dict('records')
-        if state.get('finished'):
-            print(f'fold {cfg.fold} of {cfg.run_name} is finished (overwrite=True retrains it)')
-            return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, trained=False)
-        print(f'resuming fold {cfg.fold} of {cfg.run_name} at epoch {start}')
-    (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=1))  # not rewritten for a finished fold
+        applied = config_changes(state['config'], cfg, RESUMABLE)
+        print(f'resuming {name} at epoch {start}' + (f', with {describe_changes(applied)}' if applied else ''), flush=True)
+    write_atomic(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=1))
+    write_atomic(out / ENVIRONMENT_FILE, json.dumps(_environment(runtime), indent=1))
 
     def checkpoint(epoch, finished=False):
         # `weights` are the ones evaluation uses (the average when EMA is on); the rest is for resuming
         return dict(weights=(ema.module if ema is not None else model).state_dict(), model=model.state_dict(),
-                    ema=ema.state_dict() if ema is not None else None,
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, best=best,
+                    ema=ema.state_dict() if ema is not None else None, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, best=best,
                     since_best=since_best, finished=finished, config=asdict(cfg), genres=data.genres, title_shape=[L, D],
                     year_fill=data.year_fill)
 
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, start if finished else cfg.epochs):  # a finished last.pt: only the predictions are missing
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and mixup draws depend only on (seed, epoch)
         mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         train_dl.sampler.set_epoch(epoch)
@@ -262,14 +271,14 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         t0, seen, loss_sum = time.time(), 0, 0.0
         bar = tqdm(train_dl, desc=f'fold {cfg.fold} epoch {epoch + 1}/{cfg.epochs}', leave=False)
         for step, batch in enumerate(bar):
-            batch = to_device(batch, device, cfg.channels_last)
+            batch = runtime.batch_to_device(batch)
             if cfg.mixup > 0: batch = mixup(batch, cfg.mixup, mix_gen)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing)
+            with runtime.autocast():
+                loss = genre_loss(step_model(batch), batch['labels'], cfg.loss, cfg.label_smoothing)
             loss_value = loss.item()  # the step's one device sync
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f'the loss became {loss_value} at epoch {epoch + 1}, step {step}: stopping. '
-                                         f'{out / "last.pt"} holds the last good epoch; try a lower lr.')
+                                         f'{out / LAST_FILE} holds the last good epoch; try a lower lr.')
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -279,8 +288,7 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
             seen += len(batch['labels']); loss_sum += loss_value * len(batch['labels'])
             bar.set_postfix(loss=f'{loss_sum / seen:.4f}')
         train_seconds = time.time() - t0
-        _, probs, valid_loss = predict_probs(ema.module if ema is not None else model, valid_dl, device,
-                                             dtype=dtype, channels_last=cfg.channels_last)
+        _, probs, valid_loss = predict_probs(ema.module if ema is not None else model, valid_dl, runtime)
         scores = _epoch_scores(valid_ds.data.labels[valid_ds.indices], probs, cfg)
         row = dict(epoch=epoch + 1, train_loss=loss_sum / seen, valid_loss=valid_loss, **scores,
                    lr=optimizer.param_groups[0]['lr'], seconds=time.time() - t0, images_per_s=seen / train_seconds)
@@ -289,8 +297,7 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         best, since_best = (scores[f'f1_{cfg.metric}'], 0) if improved else (best, since_best + 1)
         stopped_early = cfg.patience > 0 and since_best >= cfg.patience
         finished = epoch + 1 == cfg.epochs or stopped_early
-        pd.DataFrame(rows).to_csv(out / 'summary.tmp', index=False)
-        os.replace(out / 'summary.tmp', out / SUMMARY_FILE)  # a kill mid-write never truncates the log
+        write_atomic(out / SUMMARY_FILE, pd.DataFrame(rows).to_csv(index=False))  # a kill mid-write never truncates the log
         if (improved and cfg.select == 'best') or (finished and cfg.select == 'last'):
             save_checkpoint(out / MODEL_FILE, **checkpoint(epoch))
         save_checkpoint(out / LAST_FILE, **checkpoint(epoch, finished))
@@ -300,21 +307,30 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         if finished:
             if stopped_early: print(f'early stop: no better {cfg.metric} F1 for {cfg.patience} epochs')
             break
-    return _finish(cfg, out, model, valid_dl, test, data.genres, device, dtype, rows, trained=True)
+    return _finish(cfg, out, model, valid_dl, test, data.genres, runtime, rows)
 
-def _finish(cfg, out, model, valid_dl, test, genres, device, dtype, rows, trained) -> dict:
+def _environment(runtime: Runtime) -> dict:
+    "What the fold ran on: the resolved device and precision, threads, torch, host."
+    return dict(device=str(runtime.device), runtime=runtime.describe(), autocast=str(runtime.dtype).removeprefix('torch.'),
+                threads=runtime.threads, torch=torch.__version__, cuda=torch.version.cuda, host=socket.gethostname(),
+                started=time.strftime('%Y-%m-%d %H:%M:%S'))
+
+def _finish(cfg, out, model, valid_dl, test, genres, runtime, rows) -> dict:
     "Predict the test split and the validation fold with the weights of `model.pt`; `oof.csv`, written last, marks the fold finished."
-    state = load_checkpoint(out / MODEL_FILE, device)
-    if trained or not (out / OOF_FILE).exists():
-        model.load_state_dict(state['weights'])
-        if test is not None:
-            h, w = test.images.shape[1:3]
-            test_dl = make_loader(MovieDataset(test, transform=eval_transforms(h, w)), cfg.batch_size * 2, device=device.type)
-            ids, probs, _ = predict_probs(model, test_dl, device, tta=cfg.tta, dtype=dtype, channels_last=cfg.channels_last)
-            probs_frame(ids, probs, genres).to_csv(out / TEST_FILE, index=False)
-        ids, probs, _ = predict_probs(model, valid_dl, device, tta=cfg.tta, dtype=dtype, channels_last=cfg.channels_last)
-        probs_frame(ids, probs, genres).to_csv(out / OOF_FILE, index=False)
-    used = rows[state['epoch']]
+    state = load_checkpoint(out / MODEL_FILE, runtime.device)
+    model.load_state_dict(state['weights'])
+    if test is not None:
+        h, w = test.images.shape[1:3]
+        test_dl = make_loader(MovieDataset(test, transform=eval_transforms(h, w)), cfg.batch_size * 2, device=runtime.device.type)
+        ids, probs, _ = predict_probs(model, test_dl, runtime, tta=cfg.tta)
+        write_atomic(out / TEST_FILE, probs_frame(ids, probs, genres).to_csv(index=False))
+    ids, probs, _ = predict_probs(model, valid_dl, runtime, tta=cfg.tta)
+    write_atomic(out / OOF_FILE, probs_frame(ids, probs, genres).to_csv(index=False))
+    return _result(cfg, rows, state['epoch'])
+
+def _result(cfg: TrainConfig, rows: list[dict], epoch: int) -> dict:
+    "The fold's scores at the epoch (0-based) it predicts with."
+    used = rows[epoch]
     return {'fold': cfg.fold, 'epoch': int(used['epoch']), 'epochs_run': len(rows), 'select': cfg.select,
             'optimistic': cfg.optimistic, **{k: used[k] for k in ('f1_micro', 'f1_macro', 'f1_samples', 'valid_loss')},
-            'fold_dir': str(out)}
+            'fold_dir': str(cfg.fold_dir)}

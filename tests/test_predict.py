@@ -230,3 +230,14 @@ def test_a_movie_without_a_year_gets_the_same_input_in_training_and_prediction(t
     result = predictor.predict(data / 'test' / f'{movie.id}.jpg', title_array=data / 'test_w2v' / f'{movie.id}.npy')
     written = pd.read_csv(tmp_path / 'runs' / 'y' / 'fold1' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
     assert np.allclose(list(result['probabilities'].values()), written, atol=1e-5)
+
+
+def test_bf16_autocast_gives_the_fp32_numbers_to_bf16_rounding(run):
+    "Prediction (and evaluation, through the same predict_probs) under bf16 autocast stays within bf16's rounding of fp32."
+    import torch
+    from movie_genre.device import Runtime
+    fp32 = Predictor.from_run('p', runs_dir=run.runs, runtime=Runtime(torch.device('cpu')))
+    bf16 = Predictor.from_run('p', runs_dir=run.runs, runtime=Runtime(torch.device('cpu'), torch.bfloat16))
+    rows = [dict(poster=str(run.data / 'test' / f'{i}.jpg'), title_array=str(run.data / 'test_w2v' / f'{i}.npy')) for i in run.test.id]
+    a, b = (p.predict_table(rows, progress=False)[DEMO_GENRES].to_numpy() for p in (fp32, bf16))
+    assert 0 < np.abs(a - b).max() < 0.02, np.abs(a - b).max()

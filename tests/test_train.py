@@ -13,7 +13,8 @@ import torch
 
 from movie_genre.data import load_split
 from movie_genre.demo import make_demo
-from movie_genre.train import TrainConfig, fold_datasets, load_checkpoint, train_fold, make_loader
+from movie_genre.train import CheckpointError, TrainConfig, fold_datasets, load_checkpoint, train_fold, make_loader
+from movie_genre.runs import FoldBusy
 from movie_genre.runs import load_or_make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,24 +74,65 @@ def test_a_small_model_learns_the_demo_set_far_above_chance(tmp_path):
     assert result['f1_macro'] > 0.55 and result['f1_macro'] > prior_only['macro'] + 0.25, (result, prior_only)
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(demo, tmp_path):
-    whole = tiny(demo, tmp_path / 'whole', epochs=5)
-    train_fold(whole)
-    broken = tiny(demo, tmp_path / 'broken', epochs=5)
+def interrupt(cfg: TrainConfig, after_epochs: int = 2) -> int:
+    "Train `cfg` in another process and kill it (SIGKILL) once `after_epochs` epochs are logged; the epochs done."
     code = (f'from movie_genre.train import TrainConfig, train_fold\n'
-            f'train_fold(TrainConfig(**{json.dumps({k: getattr(broken, k) for k in ("data_dir", "runs_dir", "run_name", "folds", "epochs", "image_size", "batch_size", "width")})}))')
+            f'train_fold(TrainConfig.from_dict({vars(cfg)!r}))')
     proc = subprocess.Popen([sys.executable, '-c', code], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = broken.fold_dir / 'summary.csv'
+    log = cfg.fold_dir / 'summary.csv'
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(pd.read_csv(log)) >= 2: break
+        if log.exists() and len(pd.read_csv(log)) >= after_epochs: break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL); proc.wait()
     done = len(pd.read_csv(log))
-    assert 2 <= done < 5, f'the kill came too late ({done} epochs done)'
+    assert after_epochs <= done < cfg.epochs, f'the kill came too late ({done} epochs done)'
+    return done
+
+
+@pytest.mark.parametrize('amp_dtype', ['auto', 'fp16'])  # fp16: the loss scaler's state must survive the kill too
+def test_kill_and_resume_matches_an_uninterrupted_run(demo, tmp_path, amp_dtype):
+    whole = tiny(demo, tmp_path / 'whole', epochs=5, amp_dtype=amp_dtype)
+    train_fold(whole)
+    broken = tiny(demo, tmp_path / 'broken', epochs=5, amp_dtype=amp_dtype)
+    interrupt(broken)
     train_fold(broken)
     pd.testing.assert_frame_equal(summary(broken), summary(whole))
     pd.testing.assert_frame_equal(pd.read_csv(broken.fold_dir / 'oof.csv'), pd.read_csv(whole.fold_dir / 'oof.csv'))
+    if amp_dtype == 'fp16': assert load_checkpoint(broken.fold_dir / 'last.pt')['scaler']['scale'] > 0
+
+
+def test_a_resume_refuses_settings_that_change_what_is_learnt(demo, tmp_path, capsys):
+    cfg = tiny(demo, tmp_path, epochs=6)
+    interrupt(cfg)
+    with pytest.raises(ValueError, match=r"image_size 48 \(was 32\), epochs 4 \(was 6\)"):
+        train_fold(TrainConfig.from_dict({**vars(cfg), 'epochs': 4, 'image_size': 48}))
+    assert json.loads((cfg.fold_dir / 'config.json').read_text())['epochs'] == 6  # nothing was rewritten
+    train_fold(TrainConfig.from_dict({**vars(cfg), 'num_workers': 1}))  # where and how fast may change
+    assert 'with num_workers 1 (was -1)' in capsys.readouterr().out and len(summary(cfg)) == 6
+
+
+def test_a_damaged_last_checkpoint_says_what_to_do(demo, tmp_path):
+    cfg = tiny(demo, tmp_path, epochs=5)
+    interrupt(cfg)
+    last = cfg.fold_dir / 'last.pt'
+    last.write_bytes(last.read_bytes()[:1000])  # a full disk
+    with pytest.raises(CheckpointError, match=f'{last} is damaged.*overwrite=True'):
+        train_fold(cfg)
+    train_fold(TrainConfig.from_dict({**vars(cfg), 'overwrite': True}))
+    assert len(summary(cfg)) == 5
+
+
+def test_a_second_training_of_a_fold_stops_at_once(demo, tmp_path):
+    cfg = tiny(demo, tmp_path, epochs=30)
+    code = (f'from movie_genre.runs import fold_lock; import time\n'
+            f'with fold_lock({str(cfg.fold_dir)!r}): print("locked", flush=True); time.sleep(60)')
+    holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'locked'
+    start = time.time()
+    with pytest.raises(FoldBusy, match=f'pid {holder.pid}'): train_fold(cfg)
+    assert time.time() - start < 5
+    holder.kill(); holder.wait()
 
 
 def test_validation_ids_never_in_training_batches(demo, tmp_path):
