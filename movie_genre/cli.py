@@ -5,20 +5,24 @@
 # %% ../nbs/07_cli.ipynb #7ef30313
 from __future__ import annotations
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
 from .data import DataError, project_path, project_root
-from .train import TrainConfig
+from .runs import (CONFIG_FILE, LOGS_DIR, SUMMARY_FILE, FoldBusy, finished_folds, lock_holder, run_path)
+from .train import CheckpointError, TrainConfig
 
 # %% auto #0
-__all__ = ['parse_folds', 'notebook_path', 'fold_table', 'train_folds', 'build_parser', 'run_notebook', 'main', 'quickstart']
+__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'train_folds', 'cli_words', 'build_parser',
+           'run_notebook', 'main', 'evaluate_command', 'quickstart']
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -36,32 +40,61 @@ def notebook_path(name: str) -> Path:
     if not path.exists(): raise FileNotFoundError(f'{path} not found: run movie-genre from a clone of the repository')
     return path
 
+def check_gpus(gpus: list[str]) -> list[str]:
+    "`gpus` when each is a CUDA device of this machine; a clear error otherwise."
+    import torch
+    count = torch.cuda.device_count()
+    bad = [g for g in gpus if not g.strip().isdigit() or int(g) >= count]
+    if bad: raise ValueError(f'--gpus {",".join(gpus)}: this machine has ' + (f'{count} CUDA GPU(s), numbered 0 to {count - 1}'
+                             if count else 'no CUDA GPU') + f'; {", ".join(bad)} is not one of them')
+    return gpus
+
+# %% ../nbs/07_cli.ipynb #27bbc135
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+_ERROR_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Busy|Interrupt|Exit)\b.*')
+
+def error_line(log_text: str) -> str:
+    "The last exception line of a papermill log (`RuntimeError: device 'cuda' asked for, ...`), or ''."
+    lines = [l.strip() for l in _ANSI.sub('', log_text).splitlines()]
+    found = [l for l in lines if _ERROR_LINE.match(l) and not l.startswith(('papermill.exceptions', 'PapermillExecutionError'))]
+    return found[-1] if found else ''
+
 # %% ../nbs/07_cli.ipynb #72b2b9d9
+def _attempt_files(fold_dir: Path) -> tuple[Path, Path]:
+    "A new executed notebook and log for this attempt at the fold: `logs/attempt-<n>.ipynb` and `.log`."
+    logs = fold_dir / LOGS_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    n = 1 + max((int(m.group(1)) for p in logs.iterdir() if (m := re.fullmatch(r'attempt-(\d+)\.log', p.name))), default=0)
+    return logs / f'attempt-{n}.ipynb', logs / f'attempt-{n}.log'
+
 def _run_fold(fold: int, params: dict, gpu: str | None) -> str | None:
-    "Run `04_train.ipynb` for `fold` in its own papermill process; the error text, or None when it succeeded."
+    "Run `04_train.ipynb` for `fold` in its own papermill process; the error (and its log), or None when it succeeded."
+    import yaml  # papermill's own dependency; -y keeps every value's type (a run named 2024 stays text)
     cfg = TrainConfig.from_dict({**params, 'fold': fold})
-    cfg.fold_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, '-m', 'papermill', str(notebook_path('04_train.ipynb')), str(cfg.fold_dir / '04_train.ipynb'),
-               '--cwd', str(project_root()), '--log-output', '--no-progress-bar', '-p', 'fold', str(fold)]
-    for name, value in params.items(): command += ['-p', name, str(value)]
+    notebook, log = _attempt_files(cfg.fold_dir)
+    command = [sys.executable, '-m', 'papermill', str(notebook_path('04_train.ipynb')), str(notebook), '--cwd', str(project_root()),
+               '--log-output', '--no-progress-bar', '-y', yaml.safe_dump({**params, 'fold': fold})]
     env = {**os.environ, **({'CUDA_VISIBLE_DEVICES': gpu} if gpu is not None else {})}
-    log = cfg.fold_dir / 'papermill.log'
+    env.pop('IN_TEST', None)  # nbdev's test flag would turn the fold into the notebook's tiny self-test
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # idle OpenMP threads sleep instead of spinning against the loader
     with open(log, 'w') as f, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:  # all of it to the log; the per-epoch lines (no progress bars) to the console too
             f.write(line)
             if line.startswith(('fold ', 'early stop', 'resuming')) and '|' not in line: print(line, end='', flush=True)
-    code = proc.returncode
-    return None if code == 0 else f'papermill exited with {code}; see {log} and {cfg.fold_dir / "04_train.ipynb"}'
+    if proc.returncode == 0: return None
+    return f'{cli_words(error_line(log.read_text())) or f"papermill exited with {proc.returncode}"} (the whole log: {log})'
 
-def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs', metric: str = 'macro') -> pd.DataFrame:
-    "Each fold's best epoch and its validation scores, from the folds' `summary.csv`."
+def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs') -> pd.DataFrame:
+    "Each fold's validation scores at the epoch it predicts with, from its `summary.csv` and `config.json`."
     rows = []
     for k in folds:
-        log = project_path(runs_dir) / run_name / f'fold{k}' / 'summary.csv'
-        if not log.exists(): rows.append({'fold': k}); continue
-        s = pd.read_csv(log); best = s.loc[s[f'f1_{metric}'].idxmax()]
-        rows.append({'fold': k, 'best_epoch': int(best['epoch']), 'epochs': len(s), 'f1_micro': best['f1_micro'],
-                     'f1_macro': best['f1_macro'], 'f1_samples': best['f1_samples'], 'minutes': s['seconds'].sum() / 60})
+        fold_dir = run_path(run_name, runs_dir) / f'fold{k}'
+        if not (fold_dir / SUMMARY_FILE).exists() or not (fold_dir / CONFIG_FILE).exists(): rows.append({'fold': k}); continue
+        s, cfg = pd.read_csv(fold_dir / SUMMARY_FILE), TrainConfig.from_dict(json.loads((fold_dir / CONFIG_FILE).read_text()))
+        used = s.loc[s[f'f1_{cfg.metric}'].idxmax()] if cfg.select == 'best' else s.iloc[-1]
+        rows.append({'fold': k, 'epoch': int(used['epoch']), 'epochs': len(s), 'f1_micro': used['f1_micro'],
+                     'f1_macro': used['f1_macro'], 'f1_samples': used['f1_samples'], 'minutes': s['seconds'].sum() / 60,
+                     'weights': 'best epoch (optimistic)' if cfg.optimistic else 'last epoch'})
     return pd.DataFrame(rows).set_index('fold')
 
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None) -> pd.DataFrame:
@@ -71,102 +104,179 @@ def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | 
     folds = folds or list(range(1, cfg.folds + 1))
     bad = [k for k in folds if not 1 <= k <= cfg.folds]
     if bad: raise ValueError(f'fold(s) {bad} out of range for folds={cfg.folds}')
-    pending, failures, start = list(folds), {}, time.time()
-    def worker(slot):  # one per GPU (or one on the CPU), taking folds until none are left
-        while pending:
-            try: fold = pending.pop(0)
-            except IndexError: return
+    run_dir, status, errors, start = run_path(cfg.run_name, cfg.runs_dir), {}, {}, time.time()
+    for k in folds:
+        holder = lock_holder(run_dir / f'fold{k}')
+        if holder: status[k] = 'busy'; print(f'fold {k}: skipped: {holder} is training it', flush=True)
+        elif k in finished_folds(run_dir) and not cfg.overwrite:
+            status[k] = 'finished'; print(f'fold {k}: finished already (-p overwrite True trains it again)', flush=True)
+    pending, stop = [k for k in folds if k not in status], threading.Event()
+    def worker(slot):  # one per GPU (or one on the CPU), taking folds until none are left or Ctrl-C
+        while pending and not stop.is_set():
+            fold = pending.pop(0)
             print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
             error = _run_fold(fold, params, slot)
-            if error: failures[fold] = error
-            print(f'fold {fold}: {"FAILED: " + error if error else "done"}', flush=True)
-    slots = gpus or [None]
-    with ThreadPoolExecutor(len(slots)) as pool: list(pool.map(worker, slots))
-    table = fold_table(cfg.run_name, folds, cfg.runs_dir, cfg.metric)
-    table['status'] = ['failed' if k in failures else 'ok' for k in table.index]
-    print(f'\n{cfg.run_name}: {len(folds) - len(failures)} of {len(folds)} folds trained in {(time.time() - start) / 60:.1f} min')
+            status[fold] = 'interrupted' if stop.is_set() else ('failed' if error else 'trained')
+            if error and not stop.is_set(): errors[fold] = error
+            print(f'fold {fold}: {status[fold]}' + (f': {error}' if fold in errors else ''), flush=True)
+    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in gpus or [None]]
+    for t in threads: t.start()
+    try:
+        while any(t.is_alive() for t in threads): time.sleep(0.2)
+    except KeyboardInterrupt:  # the folds' processes got the same Ctrl-C; wait for them to stop
+        stop.set()
+        print('\ninterrupted: stopping the running folds; each resumes from its last finished epoch next time', flush=True)
+        for t in threads: t.join()
+    table = fold_table(cfg.run_name, folds, cfg.runs_dir)
+    table['status'] = [status.get(k, 'not started') for k in table.index]
+    trained = sum(s == 'trained' for s in status.values())
+    print(f'\n{cfg.run_name}: {trained} of {len(folds)} folds trained in {(time.time() - start) / 60:.1f} min')
     print(table.round(4).to_string())
-    for fold, error in sorted(failures.items()): print(f'fold {fold}: {error}')
+    for fold, error in sorted(errors.items()): print(f'fold {fold} FAILED: {error}')
+    if stop.is_set(): raise KeyboardInterrupt
     return table
 
 # %% ../nbs/07_cli.ipynb #2491ef4f
-def _params(pairs) -> dict:
-    return {name: value for name, value in (pairs or [])}
+def _here(path) -> str | None:
+    "A path typed on the command line, made absolute against the folder the user stands in."
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+_CLI_WORDS = [(r'\boverwrite=True', '-p overwrite True'), (r'\bno_title=True', '--no-title'), (r'\bvectors=', '--vectors'),
+              (r'\btitle_array\b', '--title-array'), (r'\bfold=', '--fold')]
+
+def cli_words(message: str) -> str:
+    "An error message with the Python argument names it mentions put as their command-line options."
+    for python, cli in _CLI_WORDS: message = re.sub(python, cli, message)
+    return message
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter): pass
 
 def build_parser() -> argparse.ArgumentParser:
     "The `movie-genre` argument parser."
-    parser = argparse.ArgumentParser(prog='movie-genre', description='Predict movie genres from posters and titles.')
+    from movie_genre.evaluate import EvaluateConfig
+    parser = argparse.ArgumentParser(prog='movie-genre', description='Predict movie genres from posters and titles.',
+                                     formatter_class=_Help)
     sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('demo', help='write the synthetic demo data set')
-    p.add_argument('dest'); p.add_argument('--n-train', type=int, default=600); p.add_argument('--n-test', type=int, default=200)
-    p.add_argument('--dim', type=int, default=50); p.add_argument('--seed', type=int, default=0)
-    p = sub.add_parser('train', help='train folds through nbs/04_train.ipynb')
-    p.add_argument('--run-name', required=True)
+    def command(name, help, description=None, epilog=None):
+        return sub.add_parser(name, help=help, description=description or help, epilog=epilog, formatter_class=_Help)
+    p = command('demo', 'write the synthetic demo data set (train.csv, test.csv, sample_submission.csv, posters, title arrays, '
+                'word vectors) into a folder')
+    p.add_argument('dest', help='the folder to write (relative to where you stand); it must be empty or absent')
+    p.add_argument('--n-train', type=int, default=600, help='training movies')
+    p.add_argument('--n-test', type=int, default=200, help='test movies')
+    p.add_argument('--dim', type=int, default=50, help='word-vector dimension D of the (15, D) title arrays')
+    p.add_argument('--seed', type=int, default=0, help='the same seed writes the same bytes')
+    p.add_argument('--force', action='store_true', help='write into a folder that is not empty (files of the same name are replaced)')
+    p = command('train', 'train folds through nbs/04_train.ipynb, one papermill process per fold',
+                epilog='training parameters (-p NAME VALUE):\n' + TrainConfig.parameter_help())
+    p.add_argument('--run-name', required=True, help='the run folder runs/<name>/')
     p.add_argument('--folds', type=parse_folds, help='e.g. 1-8 or 1,3 (default: all folds of the run)')
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a training parameter (repeatable)')
     p.add_argument('--gpus', help='comma-separated GPU ids: one fold per GPU at a time')
-    p = sub.add_parser('evaluate', help='score a run and draw its figures (nbs/05_evaluate.ipynb)')
-    p.add_argument('--run-name', required=True)
+    p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
+                epilog='evaluation parameters (-p NAME VALUE):\n' + EvaluateConfig.parameter_help())
+    p.add_argument('--run-name', required=True, help='the run to evaluate')
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='an evaluation parameter (repeatable)')
-    p = sub.add_parser('submit', help="write a Kaggle submission from a run's fold ensemble")
-    p.add_argument('--run-name', required=True); p.add_argument('--data-dir', default=None); p.add_argument('--out', default='submission.csv')
-    p.add_argument('--runs-dir', default='runs')
-    p = sub.add_parser('predict', help='predict genres of new movies')
-    p.add_argument('--run-name', required=True); p.add_argument('inputs', nargs='+', help='a poster, a folder of posters, or a CSV (poster,title,year)')
-    p.add_argument('--title'); p.add_argument('--year', type=float); p.add_argument('--title-array', help='a ready (L, D) .npy')
-    p.add_argument('--vectors', help='word vectors: word2vec (binary or text) or GloVe text'); p.add_argument('--fold', type=int)
+    p = command('submit', "write a Kaggle submission from a run's fold ensemble")
+    p.add_argument('--run-name', required=True, help='the run whose folds predicted the test split')
+    p.add_argument('--data-dir', help="the folder with sample_submission.csv (default: the run's data)")
+    p.add_argument('--out', default='submission.csv', help='the CSV to write (relative to where you stand)')
+    p.add_argument('--metric', choices=('macro', 'micro', 'samples'),
+                   help="the F1 the thresholds are tuned for: the leaderboard's (default: the run's own, macro unless trained otherwise)")
+    p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
+    p = command('predict', 'predict genres of new movies: a poster, a folder of posters (titles from the file names), or a CSV')
+    p.add_argument('--run-name', required=True, help='the trained run to ask')
+    p.add_argument('inputs', nargs='+', help='a poster, a folder of posters, or a CSV (poster,title,year[,title_array])')
+    p.add_argument('--title', help="the movie's title (a single poster; default: its file name)")
+    p.add_argument('--year', type=float, help="the release year (default: the value training used for a missing year)")
+    p.add_argument('--title-array', help='a ready (L, D) .npy title array instead of --title')
+    p.add_argument('--vectors', help="word vectors for titles: word2vec (binary or text) or GloVe text, optionally gzipped "
+                                     "(default: the run's data folder's word_vectors.txt, when there is one)")
+    p.add_argument('--fold', type=int, help='one fold model instead of the fold ensemble')
     p.add_argument('--no-title', action='store_true', help='predict from the poster (and year) alone')
-    p.add_argument('--out', help='CSV to write'); p.add_argument('--runs-dir', default='runs')
-    sub.add_parser('quickstart', help='demo data if needed, train fold 1, evaluate')
+    p.add_argument('--metric', choices=('macro', 'micro', 'samples'), help="the thresholds' metric (default: the run's own)")
+    p.add_argument('--out', help='a CSV to write the predictions to')
+    p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
+    p = command('quickstart', 'the README\'s first job', description=
+                'Writes the synthetic demo set into data/ when data/ has no train.csv, trains fold 1 of the run through '
+                'nbs/04_train.ipynb, then evaluates it into reports/<run>/.')
+    p.add_argument('--run-name', default='demo', help='the run to train and evaluate')
     return parser
 
 # %% ../nbs/07_cli.ipynb #65908813
 def run_notebook(name: str, output: Path, params: dict):
-    "Execute `nbs/<name>` with papermill into `output`, from the project root."
+    "Execute `nbs/<name>` with papermill into `output`, from the project root; a failed cell is a `RuntimeError` with its error."
     import papermill
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(notebook_path(name)), str(output), parameters=params, cwd=str(project_root()),
-                               log_output=True, progress_bar=False)
+    try: papermill.execute_notebook(str(notebook_path(name)), str(output), parameters=params, cwd=str(project_root()),
+                                    log_output=True, progress_bar=False)
+    except papermill.PapermillExecutionError as e: raise RuntimeError(f'{e.ename}: {e.evalue} (the executed notebook: {output})') from None
 
 def main(argv=None):
     "Entry point of the `movie-genre` command."
     os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == 'train':
-        try: TrainConfig.from_dict({**_params(args.param), 'run_name': args.run_name})
-        except (TypeError, ValueError) as e: parser.error(str(e))
-    try: _run(args)
-    except (DataError, FileNotFoundError, ValueError) as e: parser.exit(2, f'movie-genre {args.command}: error: {e}\n')
+    try: _run(args, parser)
+    except KeyboardInterrupt: parser.exit(130, f'movie-genre {args.command}: interrupted\n')
+    except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, RuntimeError, FoldBusy, CheckpointError) as e:
+        parser.exit(2, f'movie-genre {args.command}: error: {cli_words(str(e))}\n')
 
-def _run(args):
+def _command_line_params(config, pairs, parser, **fixed) -> dict:
+    "`-p` pairs as typed values of `config` plus `fixed`; a bad name or value is a usage error."
+    try: return {**config.from_command_line(pairs), **fixed}
+    except (TypeError, ValueError) as e: parser.error(str(e))
+
+def _run(args, parser):
     if args.command == 'demo':
         from movie_genre.demo import make_demo
-        dest = make_demo(project_path(args.dest), args.n_train, args.n_test, args.dim, args.seed)
-        print(f'demo data written to {dest}')
+        print(f'demo data written to {make_demo(_here(args.dest), args.n_train, args.n_test, args.dim, args.seed, force=args.force)}')
     elif args.command == 'train':
-        table = train_folds({**_params(args.param), 'run_name': args.run_name}, args.folds,
-                            args.gpus.split(',') if args.gpus else None)
+        params = _command_line_params(TrainConfig, args.param, parser, run_name=args.run_name)
+        table = train_folds(params, args.folds, check_gpus(args.gpus.split(',')) if args.gpus else None)
         if (table['status'] == 'failed').any(): sys.exit(1)
     elif args.command == 'evaluate':
-        params = {**_params(args.param), 'run_name': args.run_name}
-        reports = project_path(params.get('reports_dir', 'reports')) / args.run_name
-        run_notebook('05_evaluate.ipynb', reports / '05_evaluate.ipynb', params)
-        print(f'report: {reports / "report.md"}')
+        from movie_genre.evaluate import EvaluateConfig
+        evaluate_command(_command_line_params(EvaluateConfig, args.param, parser, run_name=args.run_name))
     elif args.command == 'submit':
         from movie_genre.evaluate import make_submission
-        make_submission(args.run_name, data_dir=args.data_dir, out=args.out, runs_dir=args.runs_dir)
+        make_submission(args.run_name, data_dir=_here(args.data_dir), out=_here(args.out), runs_dir=_here(args.runs_dir) or 'runs',
+                        metric=args.metric)
     elif args.command == 'predict':
         from movie_genre.predict import predict_cli
+        for name in ('title_array', 'vectors', 'out', 'runs_dir'): setattr(args, name, _here(getattr(args, name)))
+        args.inputs, args.runs_dir = [_here(p) for p in args.inputs], args.runs_dir or 'runs'
         predict_cli(args)
     elif args.command == 'quickstart':
-        quickstart()
+        quickstart(args.run_name)
 
-def quickstart():
-    "The README's main job: demo data when `data/` has none, fold 1 of the `demo` run, then its evaluation."
-    data = project_path('data')
+def evaluate_command(params: dict):
+    "`movie-genre evaluate`: the run must exist; run `05_evaluate.ipynb` into the report folder, then print the headline scores."
+    from movie_genre.evaluate import EvaluateConfig
+    cfg = EvaluateConfig.from_dict(params)
+    run_dir = run_path(cfg.run_name, cfg.runs_dir)
+    if not finished_folds(run_dir):
+        known = sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir()) if run_dir.parent.is_dir() else []
+        raise FileNotFoundError(f'run {cfg.run_name!r} has no finished fold in {run_dir.parent}' +
+                                (f' (runs there: {", ".join(known)})' if known else ''))
+    reports = project_path(cfg.reports_dir) / cfg.run_name
+    run_notebook('05_evaluate.ipynb', reports / '05_evaluate.ipynb', params)
+    scores = pd.read_csv(reports / 'scores.csv', index_col=0)
+    print(scores.loc[[r for r in ('tuned', 'tuned, cross-fitted') if r in scores.index]].round(4).to_string())
+    print(f'report: {reports / "report.md"}')
+
+def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports_dir='reports'):
+    "The README's main job: demo data when `data_dir` has none, fold 1 of the run, then its evaluation; nothing runs after a failed step."
+    data = project_path(data_dir)
     if not (data / 'train.csv').exists():
         from movie_genre.demo import make_demo
         print(f'no data in {data}: writing the synthetic demo set there'); make_demo(data)
-    train_folds({'run_name': 'demo'}, [1])
-    main(['evaluate', '--run-name', 'demo'])
+    split = run_path(run_name, runs_dir) / 'folds.csv'
+    if split.is_file() and set(pd.read_csv(split)['id']) != set(pd.read_csv(data / 'train.csv', usecols=['id'])['id']):
+        raise ValueError(f'{split.parent} was trained on other data than {data}: start a new run with '
+                         f'`movie-genre quickstart --run-name NEW`, or delete {split.parent} to train it anew')
+    paths = dict(data_dir=str(data), runs_dir=str(project_path(runs_dir)), reports_dir=str(project_path(reports_dir)))
+    table = train_folds({'run_name': run_name, **paths}, [1])
+    if table.loc[1, 'status'] not in ('trained', 'finished'):
+        raise RuntimeError(f'fold 1 of {run_name} did not train ({table.loc[1, "status"]}): nothing to evaluate')
+    evaluate_command({'run_name': run_name, 'runs_dir': paths['runs_dir'], 'reports_dir': paths['reports_dir']})

@@ -26,11 +26,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'BAD_ROWS_FILE', 'project_root', 'project_path',
-           'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'poster_shape', 'read_poster',
-           'poster_cache', 'tokenize', 'title_array', 'title_lengths', 'load_title_arrays', 'MovieData', 'load_split',
-           'csv_line', 'read_labels', 'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms',
-           'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'BAD_ROWS_FILE',
+           'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres',
+           'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_lengths',
+           'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels', 'make_folds',
+           'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
+           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -152,6 +153,7 @@ def poster_cache(files: list[Path | None], shape: tuple[int, int], name: str,
 
 # %% ../nbs/01_dataset.ipynb #861efe11
 TOKEN_RE = re.compile(r"[a-z0-9]+|'[a-z]+")  # the tokenizer of the posters8 title arrays
+WORD_VECTORS_FILE = 'word_vectors.txt'  # a data folder's word vectors, if it ships them (the demo set does)
 
 def tokenize(title: str) -> list[str]:
     "Lowercase word tokens of `title`, as the title arrays were made."
@@ -214,6 +216,10 @@ class MovieData:
     def ids(self) -> np.ndarray: return self.table['id'].to_numpy(dtype=np.int64, copy=True)
     def __len__(self): return len(self.table)
 
+def csv_line(row: int) -> int:
+    "The line of a CSV file holding data row `row` (0-based, after the header), as an editor numbers lines."
+    return int(row) + 2
+
 class _Problems:
     "Problems found in one CSV: per row (each with a kind, counted) and for the file as a whole."
     def __init__(self, table: pd.DataFrame):
@@ -225,14 +231,14 @@ class _Problems:
     def has(self, row: int, *kinds: str) -> bool: return any(m.startswith(kinds) for m in self.rows.get(row, []))
     def __bool__(self): return bool(self.rows or self.fatal)
     def summary(self, csv: Path) -> str:
-        lines = [f'  row {i} (id {self.ids[i]!r}): {"; ".join(m)}' for i, m in sorted(self.rows.items())]
+        lines = [f'  row {i} (line {csv_line(i)}, id {self.ids[i]!r}): {"; ".join(m)}' for i, m in sorted(self.rows.items())]
         if len(lines) > SHOWN_PROBLEMS: lines = lines[:SHOWN_PROBLEMS] + [f'  ... and {len(lines) - SHOWN_PROBLEMS} more bad rows']
         kinds = ', '.join(f'{kind}: {n}' for kind, n in self.kinds.most_common())
         head = [f'{len(self.rows)} of {len(self.ids)} rows of {csv} are bad ({kinds}):'] if self.rows else []
         return '\n'.join(self.fatal + head + lines)
     def report(self) -> pd.DataFrame:
-        return pd.DataFrame([{'row': i, 'id': self.ids[i], 'problems': '; '.join(m)} for i, m in sorted(self.rows.items())],
-                            columns=['row', 'id', 'problems'])
+        return pd.DataFrame([{'row': i, 'line': csv_line(i), 'id': self.ids[i], 'problems': '; '.join(m)} for i, m in sorted(self.rows.items())],
+                            columns=['row', 'line', 'id', 'problems'])
 
 def _genre_order(sample: pd.DataFrame | None, table: pd.DataFrame, genres) -> list[str]:
     if genres is not None: return list(genres)
@@ -340,10 +346,6 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
                      images, title_vectors[keep], title_len[keep], year, labels, genres, float(year_fill))
 
 # %% ../nbs/01_dataset.ipynb #05b9c4fb
-def csv_line(row: int) -> int:
-    "The line of a CSV file holding data row `row` (0-based, after the header), as an editor numbers lines."
-    return int(row) + 2
-
 @functools.lru_cache(maxsize=4)
 def _genre_texts(csv: str, mtime_ns: int) -> pd.DataFrame:
     "`id`, the unparsed `genres` and the CSV line of every row of `csv` (cached per file version)."

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .data import title_array
+from .data import WORD_VECTORS_FILE, title_array
 
 # %% auto #0
-__all__ = ['DEMO_GENRES', 'GENRE_PRIOR', 'GENRE_COLOUR', 'GENRE_DECADE', 'KAGGLE_ROOT', 'demo_word_vectors', 'make_demo']
+__all__ = ['DEMO_GENRES', 'GENRE_PRIOR', 'GENRE_COLOUR', 'GENRE_DECADE', 'KAGGLE_ROOT', 'demo_word_vectors', 'make_demo',
+           'write_word_vectors']
 
 # %% ../nbs/08_demo.ipynb #19e1b08d
 DEMO_GENRES = ['Action', 'Animation', 'Comedy', 'Documentary', 'Drama', 'Horror', 'Romance', 'Thriller']
@@ -95,9 +96,13 @@ def _make_title(rng, genres: list[int]) -> str:
 
 # %% ../nbs/08_demo.ipynb #c301f722
 def make_demo(dest, n_train: int = 600, n_test: int = 200, dim: int = 50, seed: int = 0,
-              max_tokens: int = 15) -> Path:
-    "Write a synthetic competition-layout data set to `dest`; return `dest` as a `Path`."
+              max_tokens: int = 15, force: bool = False) -> Path:
+    "Write a synthetic competition-layout data set, and its word vectors, to `dest` (empty or absent unless `force`); return `dest`."
     dest = Path(dest)
+    there = sorted(p.name for p in dest.iterdir() if not p.name.startswith('README')) if dest.is_dir() else []
+    if there and not force:
+        raise FileExistsError(f'{dest} is not empty ({", ".join(there[:5])}{" ..." if len(there) > 5 else ""}): the demo set would '
+                              f'replace its CSVs and mix its posters with those there; write it to an empty folder, or use --force')
     rng = np.random.default_rng(seed)
     vectors = demo_word_vectors(dim, seed)
     ids = rng.choice(np.arange(10, 10 * (n_train + n_test) + 10), n_train + n_test, replace=False)
@@ -122,4 +127,12 @@ def make_demo(dest, n_train: int = 600, n_test: int = 200, dim: int = 50, seed: 
     sub = pd.DataFrame({'id': splits['test']})
     for g in DEMO_GENRES: sub[g] = 0
     sub.to_csv(dest / 'sample_submission.csv', index=False)
+    write_word_vectors(dest / WORD_VECTORS_FILE, vectors)
     return dest
+
+def write_word_vectors(path, vectors: dict[str, np.ndarray]) -> Path:
+    "`vectors` as a word2vec text file: a `count dim` header, then one `word v1 v2 ...` line per word."
+    dim = len(next(iter(vectors.values())))
+    lines = [f'{len(vectors)} {dim}'] + [f'{w} ' + ' '.join(f'{x:.6f}' for x in v) for w, v in vectors.items()]
+    Path(path).write_text('\n'.join(lines) + '\n')
+    return Path(path)

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .config import FlatConfig
 from .data import project_path
 from .metrics import (
     decode, distinct_colours, f1_scores, genre_table, plot_confusion_matrices, plot_genre_heatmap, plot_pr_curves,
@@ -24,7 +25,7 @@ from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResu
 # %% auto #0
 __all__ = ['FIGURES', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
            'validate_submission', 'submission_frame', 'write_submission', 'make_submission', 'tta_comparison',
-           'markdown_table', 'write_report', 'evaluate_run']
+           'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
 @dataclass
@@ -172,14 +173,14 @@ def write_submission(run: RunResult, thresholds, sample_file, out) -> Path:
     return out
 
 # %% ../nbs/04a_evaluation.ipynb #d87acd85
-def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str = 'macro') -> Path:
-    "Write the submission of run `run_name` (thresholds tuned for `metric` F1 on its OOF) to `out`; `data_dir` holds sample_submission.csv (default: the run's)."
+def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str | None = None) -> Path:
+    "Write the submission of run `run_name` (thresholds tuned for `metric` F1 on its OOF; default: the run's metric) to `out`; `data_dir` holds sample_submission.csv (default: the run's)."
     run = load_run(run_name, runs_dir, data_dir)
     data_dir = data_dir if data_dir is not None else run.config['data_dir']
     saved = run_thresholds(run_name, runs_dir, metric, data_dir)  # the evaluation's, when it ran for this metric
     by_genre = dict(zip(saved['genres'], saved['thresholds']))
     out = write_submission(run, [by_genre[g] for g in run.genres], project_path(data_dir) / 'sample_submission.csv', out)
-    print(f'submission of {run.name} ({len(run.test_folds)} folds averaged, thresholds tuned for {metric} F1) written to {out}')
+    print(f'submission of {run.name} ({len(run.test_folds)} folds averaged, thresholds tuned for {saved["metric"]} F1) written to {out}')
     return out
 
 # %% ../nbs/04a_evaluation.ipynb #0ab02ca1
@@ -237,7 +238,7 @@ def write_report(ev: Evaluation, out_dir) -> Path:
     out_dir = project_path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     run = ev.run
     thresholds = pd.DataFrame({'threshold': ev.thresholds}, index=pd.Index(run.genres, name='genre'))
-    for name, table in (('scores', ev.scores), ('genres', ev.genre_scores), ('folds', ev.fold_scores), ('thresholds', thresholds)):
+    for name, table in (('scores', ev.scores), ('genres', ev.genre_scores), ('fold_scores', ev.fold_scores), ('thresholds', thresholds)):
         table.to_csv(out_dir / f'{name}.csv')
         ev.files[f'{name}.csv'] = out_dir / f'{name}.csv'
     missing = (f'**Missing folds: {fold_list(run.missing)}** '
@@ -293,10 +294,23 @@ each fold with thresholds tuned on the other folds, the honest estimate for unse
     return path
 
 # %% ../nbs/04a_evaluation.ipynb #b8702045
-def evaluate_run(run_name: str, runs_dir='runs', metric: str = 'macro', data_dir=None, reports_dir='reports',
+@dataclass
+class EvaluateConfig(FlatConfig):
+    "What an evaluation takes: `evaluate_run`'s arguments, the `05_evaluate` notebook's parameters."
+    run_name: str = 'demo'        # the run to evaluate
+    metric: str | None = None     # the F1 to tune thresholds for: 'macro', 'micro' or 'samples'; default: the run's own
+    runs_dir: str = 'runs'
+    data_dir: str | None = None   # the data the labels come from; default: the run's
+    reports_dir: str = 'reports'  # the report goes to <reports_dir>/<run_name>/
+    measure_tta: bool = False     # measure what flipped-poster averaging buys (predicts every OOF poster twice more)
+    device: str = 'auto'          # for measure_tta
+    path_fields = ('runs_dir', 'data_dir', 'reports_dir')
+
+def evaluate_run(run_name: str, runs_dir='runs', metric: str | None = None, data_dir=None, reports_dir='reports',
                  measure_tta: bool = False, device: str = 'auto') -> Evaluation:
     "Evaluate run `run_name` into `reports_dir/run_name/` (tables, figures, submission.csv when possible, report.md) and save its thresholds for prediction."
     run = load_run(run_name, runs_dir, data_dir)
+    metric = metric or run.config.get('metric', 'macro')
     ev = evaluate(run, metric)
     save_thresholds(run, metric, ev.thresholds)
     ev.files[THRESHOLDS_FILE] = run.run_dir / THRESHOLDS_FILE

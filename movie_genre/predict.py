@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import (MovieData, MovieDataset, eval_transforms, make_loader, poster_shape, project_path,
+from .data import (WORD_VECTORS_FILE, MovieData, MovieDataset, eval_transforms, make_loader, poster_shape, project_path,
                               read_poster, title_lengths, tokenize)
 from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
 from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, run_thresholds
@@ -119,7 +119,8 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 def _word_vectors(predictor: Predictor, vectors, titles: Iterable) -> WordVectors | None:
-    "`vectors` (path, `WordVectors` or mapping) as `WordVectors`, reading only the tokens of `titles` from a file."
+    "`vectors` (path, `WordVectors` or mapping; default: the run's data's `word_vectors.txt`) as `WordVectors`, reading only the tokens of `titles` from a file."
+    if vectors is None: vectors = predictor.default_vectors
     if vectors is None: return None
     if isinstance(vectors, (str, os.PathLike)):
         words = {t for title in titles if isinstance(title, str) for t in tokenize(title)}
@@ -217,6 +218,7 @@ class Predictor:
     genres: list[str]
     title_shape: tuple[int, int]
     thresholds: np.ndarray
+    metric: str                  # the F1 the thresholds were tuned for
     folds: list[int]
     year_fill: float             # the year of a movie without one: the one training gave such movies
     runtime: Runtime             # where and how the models run: the run's own precision and layout
@@ -224,7 +226,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_name: str, runs_dir='runs', fold: int | None = None, device: str = 'auto',
-                 runtime: Runtime | None = None) -> Predictor:
+                 runtime: Runtime | None = None, metric: str | None = None) -> Predictor:
         "The ensemble of the finished folds of `runs_dir/run_name` (or its fold `fold` alone), on `device` in the run's precision (or `runtime`)."
         run_dir = project_path(runs_dir) / run_name
         if not run_dir.is_dir(): raise FileNotFoundError(f'no run {run_name!r}: {run_dir} does not exist')
@@ -249,15 +251,21 @@ class Predictor:
             model.load_state_dict(state['weights'])
             models.append(model)
         genres, title_shape = recipe[0], recipe[1]
-        saved = run_thresholds(run_name, runs_dir)
+        saved = run_thresholds(run_name, runs_dir, metric)
         if sorted(saved['genres']) != sorted(genres):
             raise ValueError(f"{run_dir / THRESHOLDS_FILE} is for the genres {saved['genres']}, the run predicts {genres}")
         by_genre = dict(zip(saved['genres'], saved['thresholds']))
-        return cls(models, config, genres, title_shape, np.array([by_genre[g] for g in genres]), folds,
+        return cls(models, config, genres, title_shape, np.array([by_genre[g] for g in genres]), saved['metric'], folds,
                    float(state['year_fill']), runtime, run_dir)
 
     @property
     def uses_title(self) -> bool: return self.models[0].title_encoder is not None
+
+    @property
+    def default_vectors(self) -> Path | None:
+        "The word vectors of the run's data folder (`word_vectors.txt`, as the demo set ships them), if it has them."
+        path = project_path(self.config.data_dir) / WORD_VECTORS_FILE
+        return path if path.is_file() else None
 
     @property
     def uses_year(self) -> bool: return self.models[0].year_encoder is not None
@@ -328,13 +336,17 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
     paths = [Path(p).expanduser() for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     if not paths: raise ValueError('no input: give a poster, a folder of posters or a CSV file')
     if len(paths) == 1 and _is_poster_file(paths[0]):
-        table = pd.DataFrame([_table_row(predictor.genres, predictor.predict(paths[0], title, title_array, year, vectors, no_title), {})])
+        named = title is None and _missing(title_array) and not no_title and predictor.uses_title
+        if named: title = _named_rows(paths)['title'][0]  # as a folder of posters does
+        result = predictor.predict(paths[0], title, title_array, year, vectors, no_title)
+        if named: result['notes'].insert(0, f'the title {title!r} is the file name (give --title for another)')
+        table = pd.DataFrame([_table_row(predictor.genres, result, {})])
     else:
         if not (title is None and year is None and title_array is None):
             raise ValueError('title, year and title_array go with a single poster; a folder takes its titles from the '
                              'file names and a CSV from its columns')
         named = [p for p in paths if p.is_dir() or _is_poster_file(p)]
-        if named and vectors is None and predictor.uses_title and not no_title:
+        if named and vectors is None and predictor.default_vectors is None and predictor.uses_title and not no_title:
             raise ValueError(f'the posters of {named[0]} take their titles from their file names, which need word vectors: '
                              f'pass vectors= (a word2vec or GloVe file), or no_title=True to predict from the posters alone')
         rows = pd.concat([input_rows(p) for p in paths], ignore_index=True)
@@ -348,7 +360,7 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
 # %% ../nbs/06_predict.ipynb #e2068bcd
 def predict_cli(args) -> pd.DataFrame:
     "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out, no_title."
-    predictor = Predictor.from_run(args.run_name, args.runs_dir, args.fold)
+    predictor = Predictor.from_run(args.run_name, args.runs_dir, args.fold, metric=args.metric)
     table = predict_files(predictor, args.inputs, args.vectors, args.out, args.title, args.year, args.title_array,
                           args.no_title)
     if len(table) == 1 and not table.error[0]:
@@ -356,6 +368,7 @@ def predict_cli(args) -> pd.DataFrame:
         print(f'{row.poster}: ' + ', '.join(f'{g} ({row[g]:.2f})' for g in row.genres))
         if row.unknown_words: print('  words without a vector:', ' '.join(row.unknown_words))
         if row.notes: print('  note:', row.notes)
+        print(f'  (thresholds tuned for {predictor.metric} F1)')
     elif args.out is None: print(table[['poster', 'title', 'genres', 'error']].to_string(index=False))
     if args.out is not None: print(f'{len(table)} predictions written to {args.out}')
     return table

@@ -154,6 +154,7 @@ def save_checkpoint(path, **state):
 
 def load_checkpoint(path, device='cpu') -> dict:
     "A checkpoint's state; `CheckpointError` for a damaged file or one that holds pickled Python objects."
+    if not zipfile.is_zipfile(path): raise CheckpointError(f'{path} is damaged (not the zip file torch writes): a full disk or an incomplete copy?')
     try: return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f'{path} holds pickled Python objects, which could run code when loaded; '
@@ -181,7 +182,7 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
     thresholds = tune_thresholds(labels, probs, metric=cfg.metric, max_genres=cfg.max_genres)
     return {f'f1_{k}': v for k, v in f1_scores(labels, decode(probs, thresholds, cfg.max_genres)).items()}
 
-# %% ../nbs/03b_training.ipynb #4a2beb8b
+# %% ../nbs/03b_training.ipynb #7a954678
 RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
 FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
                 BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test'))
@@ -206,7 +207,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         state = load_checkpoint(out / MODEL_FILE)
         changes = config_changes(state['config'], cfg)
         print(f'{name} is finished' + (f', trained with other settings than these: {describe_changes(changes)}' if changes else '')
-              + '; overwrite=True (-p overwrite True) trains it again')
+              + '; overwrite=True trains it again')
         return _result(cfg, pd.read_csv(out / SUMMARY_FILE).to_dict('records'), state['epoch'])
 
     runtime = Runtime.of(cfg)
@@ -244,7 +245,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         if changes:
             raise ValueError(f'{name} was interrupted, and resuming it with other settings would mix two recipes: '
                              f'{describe_changes(changes)}. Resume it with the settings it started with, or train it '
-                             f'again with overwrite=True (-p overwrite True).')
+                             f'again with overwrite=True.')
         model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler']); scaler.load_state_dict(state['scaler'])
         if ema is not None: ema.load_state_dict(state['ema'])

@@ -143,7 +143,7 @@ def test_strict_names_the_bad_row_and_file(demo, case):
     bad_rows = [0, 1] if case == 'duplicate id' else [1]  # a duplicated id makes both of its rows bad
     assert f'{len(bad_rows)} of {N_TRAIN} rows of {demo / "train.csv"} are bad' in message
     assert kind in message and "on_bad='skip'" in message
-    for row in bad_rows: assert f'row {row} (id {original.id[bad_rows[0]]})' in message
+    for row in bad_rows: assert f'row {row} (line {row + 2}, id {original.id[bad_rows[0]]})' in message
     if files[1] is not None: assert str(files[1]) in message
 
 
@@ -176,8 +176,8 @@ def test_strict_raises_one_error_naming_every_bad_row(demo, monkeypatch):
         load(demo)
     message = str(error.value)
     assert f'{len(bad_rows)} of {N_TRAIN} rows' in message
-    for row in bad_rows: assert f'row {row} (id ' in message
-    for row in range(1, 1 + len(CONVERTIBLE)): assert f'row {row} (id ' not in message
+    for row in bad_rows: assert f'row {row} (line {row + 2}, id ' in message
+    for row in range(1, 1 + len(CONVERTIBLE)): assert f'row {row} (line' not in message
     for file in files.values():
         if file is not None: assert str(file) in message
     for _, kind in BAD.values(): assert kind in message
@@ -189,7 +189,7 @@ def test_strict_shows_the_first_few_then_a_count(demo):
         load(demo)
     message = str(error.value)
     shown = data_module.SHOWN_PROBLEMS
-    assert f'row {bad_rows[shown - 1]} (id ' in message and f'row {bad_rows[shown]} (id ' not in message
+    assert f'row {bad_rows[shown - 1]} (line ' in message and f'row {bad_rows[shown]} (line ' not in message
     assert f'... and {len(bad_rows) - shown} more bad rows' in message
 
 
@@ -217,7 +217,7 @@ def test_bad_path_and_id_are_rows_too(demo):
     with pytest.raises(DataError) as error:
         load(demo)
     message = str(error.value)
-    assert "row 1 (id 'abc'): id is not an integer" in message and "row 2" in message and "bad path ('13.jpg')" in message
+    assert "row 1 (line 3, id 'abc'): id is not an integer" in message and "row 2" in message and "bad path ('13.jpg')" in message
 
 
 @pytest.mark.parametrize('content', ['', 'id,path,w2v_path,title,year,genres\n'], ids=['empty file', 'header only'])

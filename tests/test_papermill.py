@@ -3,6 +3,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import fields
@@ -84,19 +85,70 @@ def test_papermill_with_a_wrong_kernel_says_so(tmp_path):
     assert r.returncode != 0 and 'no-such-kernel' in r.stderr
 
 
+def driver(*args, tmp_path, env=None, **kwargs):
+    "`movie-genre ARGS` from the repo root, on the tiny demo run settings."
+    env = env or clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache'))
+    return subprocess.run([BIN / 'movie-genre', *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env, **kwargs)
+
+
+def tiny_params(demo, tmp_path) -> list:
+    return ['-p', 'data_dir', demo, '-p', 'runs_dir', tmp_path / 'runs', '-p', 'reports_dir', tmp_path / 'reports',
+            '-p', 'epochs', '1', '-p', 'image_size', '32', '-p', 'folds', '3']
+
+
 def test_driver_trains_folds_in_parallel_reports_a_failed_one_and_prints_their_table(demo, tmp_path):
-    "Three folds on two 'GPUs' (CPU here); fold 2 has a corrupt checkpoint, fails, and the others still train."
-    env = clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache'))
+    "Three folds on two 'GPUs' (CPU here, through the Python API); fold 2 has a corrupt checkpoint, fails, and the others still train."
     broken = tmp_path / 'runs' / 'drv' / 'fold2'
     broken.mkdir(parents=True)
     (broken / 'last.pt').write_bytes(b'not a checkpoint')
-    r = subprocess.run([BIN / 'movie-genre', 'train', '--run-name', 'drv', '--folds', '1-3', '--gpus', '0,1', '-p', 'data_dir', demo,
-                        '-p', 'runs_dir', tmp_path / 'runs', '-p', 'reports_dir', tmp_path / 'reports', '-p', 'epochs', '1',
-                        '-p', 'image_size', '32', '-p', 'folds', '3'], cwd=ROOT, capture_output=True, text=True, env=env)
-    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-    assert '2 of 3 folds trained' in r.stdout and 'fold 2: FAILED' in r.stdout and 'f1_macro' in r.stdout
+    params = dict(run_name='drv', data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), reports_dir=str(tmp_path / 'reports'),
+                  epochs=1, image_size=32, folds=3)
+    code = f'from movie_genre.cli import train_folds\ntrain_folds({params!r}, [1, 2, 3], gpus=["0", "1"])'
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       env=clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache')))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '2 of 3 folds trained' in r.stdout and 'fold 2 FAILED: CheckpointError:' in r.stdout and 'f1_macro' in r.stdout
+    assert 'on GPU 0' in r.stdout and 'on GPU 1' in r.stdout
+    assert f'{broken / "last.pt"} is damaged' in r.stdout  # the error's own line, not only "see the log"
     for k in (1, 3): assert (tmp_path / 'runs' / 'drv' / f'fold{k}' / 'oof.csv').exists()
-    assert (broken / '04_train.ipynb').exists() and (broken / 'papermill.log').exists()
-    bad = subprocess.run([BIN / 'movie-genre', 'train', '--run-name', 'drv', '--folds', '1', '-p', 'fodl', '1'],
-                         cwd=ROOT, capture_output=True, text=True, env=env)
+    assert (broken / 'logs' / 'attempt-1.ipynb').exists() and (broken / 'logs' / 'attempt-1.log').exists()
+    bad = driver('train', '--run-name', 'drv', '--folds', '1', '-p', 'fodl', '1', tmp_path=tmp_path)
     assert bad.returncode == 2 and 'fodl' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='a machine with GPUs has GPU 0')
+def test_driver_refuses_gpus_that_do_not_exist(tmp_path):
+    r = driver('train', '--run-name', 'g', '--gpus', '0', tmp_path=tmp_path)
+    assert r.returncode == 2 and 'no CUDA GPU' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_driver_keeps_every_attempt_and_types_its_parameters(demo, tmp_path):
+    "A run named 2024 with depths 2 trains (papermill would read both as ints); a finished fold is not run again;"
+    "overwrite retrains it without deleting the logs of the attempts before."
+    args = ['train', '--run-name', '2024', '--folds', '1', '-p', 'depths', '2', *tiny_params(demo, tmp_path)]
+    first = driver(*args, tmp_path=tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    fold = tmp_path / 'runs' / '2024' / 'fold1'
+    assert json.loads((fold / 'config.json').read_text())['run_name'] == '2024'
+    again = driver(*args, tmp_path=tmp_path)
+    assert again.returncode == 0 and 'finished already' in again.stdout and not (fold / 'logs' / 'attempt-2.log').exists()
+    over = driver(*args, '-p', 'overwrite', 'True', tmp_path=tmp_path)
+    assert over.returncode == 0, over.stdout[-2000:]
+    assert {p.name for p in (fold / 'logs').iterdir()} == {'attempt-1.ipynb', 'attempt-1.log', 'attempt-2.ipynb', 'attempt-2.log'}
+    assert 'training on cpu' in (fold / 'logs' / 'attempt-2.log').read_text()  # the device is said at the start
+    assert json.loads((fold / 'environment.json').read_text())['device'] == 'cpu'
+
+
+def test_ctrl_c_stops_the_driver_and_the_fold_resumes(demo, tmp_path):
+    args = ['train', '--run-name', 'cc', '--folds', '1-3', *tiny_params(demo, tmp_path), '-p', 'epochs', '8']
+    proc = subprocess.Popen([BIN / 'movie-genre', *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache')), start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after fold 1's epoch 2
+        lines.append(line)
+        if line.startswith('fold 1 epoch   2/8'): os.killpg(proc.pid, signal.SIGINT); break
+    out = ''.join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and 'interrupted' in out and 'FAILED' not in out, out[-3000:]
+    assert not (tmp_path / 'runs' / 'cc' / 'fold2').exists()  # the driver stopped: fold 2 never started
+    again = driver('train', '--run-name', 'cc', '--folds', '1', *tiny_params(demo, tmp_path), '-p', 'epochs', '8', tmp_path=tmp_path)
+    assert again.returncode == 0 and 'resuming fold 1 of cc at epoch' in again.stdout, again.stdout[-2000:]

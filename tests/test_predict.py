@@ -119,7 +119,7 @@ def test_unknown_words_and_defaults_are_reported(run):
     assert 'no title' in run.predictor.predict(poster, no_title=True, year=2001)['notes'][0]
 
 
-def test_a_folder_of_posters(run, tmp_path, capsys):
+def test_a_folder_of_posters(run, tmp_path, capsys, monkeypatch):
     for name, movie_id in zip(['love_heart', 'blood_night', 'laugh party'], run.test.id):
         shutil.copy(run.data / 'test' / f'{movie_id}.jpg', tmp_path / f'{name}.jpg')
     (tmp_path / 'broken.jpg').write_bytes(b'not a jpeg')
@@ -129,6 +129,9 @@ def test_a_folder_of_posters(run, tmp_path, capsys):
     assert 'cannot read the poster' in table.error[1] and table.genres[1] is None and np.isnan(table.Drama[1])
     assert (table.error.drop(1) == '').all() and all(1 <= len(g) <= 3 for g in table.genres.drop(1))
     assert '1 of 4 movies could not be predicted' in capsys.readouterr().out
+    with_default = predict_files(run.predictor, tmp_path, progress=False)  # the demo data's own word_vectors.txt
+    assert np.allclose(with_default.drop(1)[DEMO_GENRES], table.drop(1)[DEMO_GENRES])
+    monkeypatch.setattr(Predictor, 'default_vectors', property(lambda self: None))
     with pytest.raises(ValueError, match='need word vectors'): predict_files(run.predictor, tmp_path)
     poster_only = predict_files(run.predictor, tmp_path, no_title=True, progress=False)
     assert poster_only.notes[0].startswith('no title')
@@ -186,7 +189,8 @@ def test_one_poster_through_predict_files_and_the_cli(run, tmp_path, capsys):
     ('good', dict(title_array='nowhere.npy'), FileNotFoundError, 'no title array file'),
     ('good', dict(title='Love', year='soon'), ValueError, 'year must be a number'),
 ])
-def test_bad_input_for_one_movie_is_a_clear_error(run, tmp_path, poster, kwargs, error, message):
+def test_bad_input_for_one_movie_is_a_clear_error(run, tmp_path, monkeypatch, poster, kwargs, error, message):
+    monkeypatch.setattr(Predictor, 'default_vectors', property(lambda self: None))  # no vectors unless given
     (tmp_path / 'broken.jpg').write_bytes(b'\xff\xd8\xff not really a jpeg')
     (tmp_path / 'empty.jpg').write_bytes(b'')
     poster = run.data / 'test' / f'{run.test.id[0]}.jpg' if poster == 'good' else tmp_path / poster

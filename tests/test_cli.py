@@ -1,0 +1,104 @@
+"""The `movie-genre` command as a user meets it: paths from where they stand, errors in one line, nothing lost."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from movie_genre.cli import quickstart
+from movie_genre.demo import make_demo
+from movie_genre.evaluate import EvaluateConfig
+from movie_genre.train import TrainConfig, train_fold
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "A tiny demo set and a run of two finished folds (of three), in a temporary folder."
+    tmp = tmp_path_factory.mktemp('cli')
+    env = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'MOVIE_GENRE_CACHE': str(tmp / 'cache')}
+    patch = pytest.MonkeyPatch()
+    patch.setenv('MOVIE_GENRE_CACHE', env['MOVIE_GENRE_CACHE'])
+    data = make_demo(tmp / 'data', n_train=72, n_test=12)
+    for k in (1, 2):
+        train_fold(TrainConfig(data_dir=str(data), runs_dir=str(tmp / 'runs'), run_name='c', folds=3, fold=k, epochs=1, image_size=32))
+    yield tmp, data, env
+    patch.undo()
+
+
+def cli(*args, cwd=ROOT, env=None):
+    return subprocess.run([BIN / 'movie-genre', *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_demo_refuses_a_folder_that_holds_data(tmp_path):
+    (tmp_path / 'kaggle').mkdir()
+    (tmp_path / 'kaggle' / 'train.csv').write_text('id,path\n1,x\n')
+    r = cli('demo', 'kaggle', '--n-train', 8, '--n-test', 2, cwd=tmp_path)  # relative to where the user stands
+    assert r.returncode == 2 and 'is not empty' in r.stderr and '--force' in r.stderr and 'Traceback' not in r.stderr
+    assert (tmp_path / 'kaggle' / 'train.csv').read_text() == 'id,path\n1,x\n'
+    assert cli('demo', 'kaggle', '--n-train', 8, '--n-test', 2, '--force', cwd=tmp_path).returncode == 0
+    assert len(pd.read_csv(tmp_path / 'kaggle' / 'train.csv')) == 8
+
+
+def test_evaluate_of_a_missing_run_is_one_line_and_creates_nothing(run, tmp_path):
+    tmp, _, env = run
+    r = cli('evaluate', '--run-name', 'nosuch', '-p', 'runs_dir', tmp / 'runs', '-p', 'reports_dir', tmp_path / 'reports', env=env)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and "'nosuch' has no finished fold" in r.stderr and 'c' in r.stderr
+    assert not (tmp_path / 'reports').exists()
+
+
+def test_evaluate_parameters_are_typed_and_checked(run, tmp_path):
+    tmp, _, env = run
+    assert EvaluateConfig.from_command_line([('measure_tta', 'False'), ('data_dir', 'None')]) == {'measure_tta': False, 'data_dir': None}
+    bad = cli('evaluate', '--run-name', 'c', '-p', 'metrc', 'micro', env=env)
+    assert bad.returncode == 2 and "unknown parameter(s) ['metrc']" in bad.stderr
+    r = cli('evaluate', '--run-name', 'c', '-p', 'runs_dir', tmp / 'runs', '-p', 'reports_dir', tmp_path / 'reports',
+            '-p', 'measure_tta', 'False', '-p', 'metric', 'micro', env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'tuned, cross-fitted' in r.stdout and 'report:' in r.stdout  # the scores on the console, not only a path
+    report = (tmp_path / 'reports' / 'c' / 'report.md').read_text()
+    assert 'not measured' in report and '**micro F1**' in report
+    assert (tmp_path / 'reports' / 'c' / 'fold_scores.csv').is_file() and not (tmp_path / 'reports' / 'c' / 'folds.csv').exists()
+
+
+def test_submit_and_predict_write_where_the_user_stands(run, tmp_path):
+    tmp, data, env = run
+    here = tmp_path / 'here'
+    here.mkdir()
+    r = cli('submit', '--run-name', 'c', '--runs-dir', tmp / 'runs', '--out', 'sub.csv', '--metric', 'micro', cwd=here, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (here / 'sub.csv').is_file() and 'tuned for micro F1' in r.stdout
+    poster = here / 'love_heart.jpg'
+    shutil.copy(data / 'test' / f'{pd.read_csv(data / "test.csv").id[0]}.jpg', poster)
+    r = cli('predict', '--run-name', 'c', '--runs-dir', tmp / 'runs', 'love_heart.jpg', '--out', 'pred.csv', cwd=here, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = pd.read_csv(here / 'pred.csv')
+    assert table.title[0] == 'love heart' and 'the file name' in table.notes[0]  # the title from the file name, as a folder's
+    (data / 'word_vectors.txt').rename(tmp_path / 'away.txt')  # the demo set's vectors, which predict finds by itself
+    try:
+        r = cli('predict', '--run-name', 'c', '--runs-dir', tmp / 'runs', 'love_heart.jpg', '--title', 'Love', cwd=here, env=env)
+    finally: (tmp_path / 'away.txt').rename(data / 'word_vectors.txt')
+    assert r.returncode == 2 and '--vectors' in r.stderr and '--no-title' in r.stderr and 'vectors=' not in r.stderr
+
+
+def test_quickstart_refuses_a_run_made_for_other_data(run, tmp_path, capsys):
+    tmp, data, _ = run
+    other = make_demo(tmp_path / 'other', n_train=40, n_test=8, seed=1)
+    with pytest.raises(ValueError, match='trained on other data'):
+        quickstart('c', data_dir=other, runs_dir=tmp / 'runs', reports_dir=tmp_path / 'reports')
+    assert not (tmp_path / 'reports').exists() and 'training' not in capsys.readouterr().out  # nothing ran
+    assert json.loads((tmp / 'runs' / 'c' / 'fold1' / 'config.json').read_text())['data_dir'] == str(data)
+
+
+def test_help_lists_the_parameters():
+    for command, names in (('train', ('batch_size', 'num_workers', 'which fold to validate on')),
+                           ('evaluate', ('metric', 'measure_tta')), ('demo', ('--force', 'default: 600')),
+                           ('quickstart', ('trains fold 1',))):
+        out = cli(command, '--help').stdout
+        assert all(name in out for name in names), (command, out)
