@@ -51,13 +51,17 @@ def cross_fitted_predictions(run: RunResult, metric: str = 'macro') -> np.ndarra
         pred[here] = decode(run.probs[here], thresholds, run.max_genres)
     return pred
 
+def _optimistic(run: RunResult) -> bool:
+    "Whether the run's folds chose their weights by their validation F1 (best epoch, or early stopping)."
+    return run.config.get('select', 'best') == 'best' or run.config.get('patience', 0) > 0
+
 def _fold_table(run: RunResult, predictions: np.ndarray, metric: str) -> pd.DataFrame:
     rows = []
     for k in run.finished:
         here, summary = run.fold_of == k, run.summaries[run.summaries['fold'] == k]
-        best = summary.loc[summary[f'f1_{metric}'].idxmax()]
-        rows.append({'fold': k, 'movies': int(here.sum()), 'epochs': len(summary), 'best_epoch': int(best['epoch']),
-                     f'best_epoch_f1_{metric}': best[f'f1_{metric}'],
+        used = summary.loc[summary[f'f1_{metric}'].idxmax()] if run.config.get('select', 'best') == 'best' else summary.iloc[-1]
+        rows.append({'fold': k, 'movies': int(here.sum()), 'epochs': len(summary), 'epoch_used': int(used['epoch']),
+                     f'epoch_used_f1_{metric}': used[f'f1_{metric}'],
                      **{f'f1_{m}': v for m, v in f1_scores(run.labels[here], predictions[here]).items()}})
     return pd.DataFrame(rows).set_index('fold')
 
@@ -233,6 +237,12 @@ def _tta_sentence(ev: Evaluation) -> str:
     return (f'{text} On the out-of-fold movies, flipping {verdict}: {ev.metric} F1 {gain:+.4f} '
             f'(each with its own tuned thresholds).\n\n{markdown_table(ev.tta)}')
 
+def _weights_sentence(run: RunResult) -> str:
+    if not _optimistic(run): return 'Each fold predicts with its final epoch (`select=\'last\'`, no early stopping): nothing that chose the weights looked at the out-of-fold movies.'
+    return ('**These scores are optimistic**: each fold chose its weights by its validation F1 (`select=\'best\'` or `patience` > 0), '
+            'on the very movies it is scored on here, so unseen movies will score lower. Train with `select=\'last\'` and '
+            '`patience=0` (the defaults) for an honest estimate.')
+
 def write_report(ev: Evaluation, out_dir) -> Path:
     "Write the tables as CSV and `report.md` (tables, folds used and missing, figures) to `out_dir`; return the report's path."
     out_dir = project_path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +272,9 @@ Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fol
 ## Scores: fixed versus tuned thresholds
 
 The `tuned` row is scored on the movies its thresholds were tuned on; `tuned, cross-fitted` decodes
-each fold with thresholds tuned on the other folds, the honest estimate for unseen movies.
+each fold with thresholds tuned on the other folds{', the honest estimate for unseen movies' if not _optimistic(run) else ''}.
+
+{_weights_sentence(run)}
 
 {markdown_table(ev.scores)}
 
@@ -272,7 +284,7 @@ each fold with thresholds tuned on the other folds, the honest estimate for unse
 
 ## Per fold (pooled tuned thresholds)
 
-`best_epoch_f1_{ev.metric}` is from the fold's own summary (thresholds tuned on that fold).
+`epoch_used_f1_{ev.metric}` is the fold's own validation F1 at the epoch it predicts with (thresholds tuned on that fold).
 
 {markdown_table(ev.fold_scores)}
 

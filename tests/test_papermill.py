@@ -152,3 +152,17 @@ def test_ctrl_c_stops_the_driver_and_the_fold_resumes(demo, tmp_path):
     assert not (tmp_path / 'runs' / 'cc' / 'fold2').exists()  # the driver stopped: fold 2 never started
     again = driver('train', '--run-name', 'cc', '--folds', '1', *tiny_params(demo, tmp_path), '-p', 'epochs', '8', tmp_path=tmp_path)
     assert again.returncode == 0 and 'resuming fold 1 of cc at epoch' in again.stdout, again.stdout[-2000:]
+
+
+def test_the_training_notebook_config_cell_runs_again_in_a_live_kernel(tmp_path, monkeypatch):
+    "In JupyterLab: run the whole notebook, edit a parameter, run the config cell again: a config, not a TypeError about `cfg`."
+    from execnb.nbio import read_nb
+    from execnb.shell import CaptureShell
+    monkeypatch.setenv('IN_TEST', '1')  # the notebook's own tiny demo run
+    monkeypatch.setenv('MOVIE_GENRE_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.chdir(ROOT)
+    nb = read_nb(TRAIN_NB)
+    shell = CaptureShell()
+    shell.run_all(nb, exc_stop=True)
+    out = shell.run('epochs = 3\ncfg = TrainConfig.from_notebook(globals(), _before_parameters)\nprint(cfg.epochs, type(result).__name__)')
+    assert '3 dict' in str(out) and 'Error' not in str(out), out
