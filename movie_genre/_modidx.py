@@ -301,4 +301,5 @@ d = { 'settings': { 'branch': 'main',
                                    'movie_genre.train.probs_frame': ('training.html#probs_frame', 'movie_genre/train.py'),
                                    'movie_genre.train.save_checkpoint': ('training.html#save_checkpoint', 'movie_genre/train.py'),
                                    'movie_genre.train.seed_everything': ('training.html#seed_everything', 'movie_genre/train.py'),
-                                   'movie_genre.train.train_fold': ('training.html#train_fold', 'movie_genre/train.py')}}}
+                                   'movie_genre.train.train_fold': ('training.html#train_fold', 'movie_genre/train.py'),
+                                   'movie_genre.train.train_step': ('training.html#train_step', 'movie_genre/train.py')}}}

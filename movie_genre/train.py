@@ -30,8 +30,8 @@ from .runs import (CONFIG_FILE, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_F
 
 # %% auto #0
 __all__ = ['RESUMABLE', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'probs_frame', 'fold_datasets', 'config_changes',
-           'describe_changes', 'train_fold']
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'probs_frame', 'train_step', 'fold_datasets',
+           'config_changes', 'describe_changes', 'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -168,6 +168,20 @@ def probs_frame(ids: np.ndarray, probs: np.ndarray, genres: list[str]) -> pd.Dat
     "A table of `id` plus one probability column per genre."
     return pd.concat([pd.DataFrame({'id': ids}), pd.DataFrame(probs, columns=genres)], axis=1)
 
+# %% ../nbs/03b_training.ipynb #dda47c3d
+def train_step(model, batch: dict, optimizer, scheduler, scaler, runtime: Runtime, cfg: TrainConfig, where: str = '') -> float:
+    "One optimisation step of `model` on the device `batch`; the loss. `FloatingPointError` (saying `where`) for a NaN or infinite loss."
+    with runtime.autocast():
+        loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing)
+    value = loss.item()
+    if not math.isfinite(value): raise FloatingPointError(f'the loss became {value} {where}; try a lower lr.')
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    scaler.step(optimizer); scaler.update(); scheduler.step()
+    return value
+
 # %% ../nbs/03b_training.ipynb #20838814
 def fold_datasets(cfg: TrainConfig, data: MovieData, folds: pd.DataFrame) -> tuple[MovieDataset, MovieDataset]:
     "Training and validation datasets of `cfg.fold`."
@@ -182,7 +196,7 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
     thresholds = tune_thresholds(labels, probs, metric=cfg.metric, max_genres=cfg.max_genres)
     return {f'f1_{k}': v for k, v in f1_scores(labels, decode(probs, thresholds, cfg.max_genres)).items()}
 
-# %% ../nbs/03b_training.ipynb #7a954678
+# %% ../nbs/03b_training.ipynb #2ae6eefb
 RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
 FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
                 BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test'))
@@ -274,17 +288,8 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         for step, batch in enumerate(bar):
             batch = runtime.batch_to_device(batch)
             if cfg.mixup > 0: batch = mixup(batch, cfg.mixup, mix_gen)
-            with runtime.autocast():
-                loss = genre_loss(step_model(batch), batch['labels'], cfg.loss, cfg.label_smoothing)
-            loss_value = loss.item()  # the step's one device sync
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f'the loss became {loss_value} at epoch {epoch + 1}, step {step}: stopping. '
-                                         f'{out / LAST_FILE} holds the last good epoch; try a lower lr.')
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            scaler.step(optimizer); scaler.update(); scheduler.step()
+            loss_value = train_step(step_model, batch, optimizer, scheduler, scaler, runtime, cfg,
+                                    f'at epoch {epoch + 1}, step {step}: stopping. {out / LAST_FILE} holds the last good epoch')
             if ema is not None: ema.update_parameters(model)
             seen += len(batch['labels']); loss_sum += loss_value * len(batch['labels'])
             bar.set_postfix(loss=f'{loss_sum / seen:.4f}')
