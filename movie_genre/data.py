@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +27,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'BAD_ROWS_FILE',
-           'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres',
-           'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_lengths',
-           'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels', 'make_folds',
-           'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
-           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS',
+           'BAD_ROWS_FILE', 'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path',
+           'parse_genres', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_ngrams',
+           'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels',
+           'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms',
+           'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -168,6 +169,26 @@ def title_array(title: str, vectors: dict[str, np.ndarray], max_tokens: int = 15
     for row, token in enumerate([t for t in tokenize(title) if t in vectors][:max_tokens]): out[row] = vectors[token]
     return out
 
+# %% ../nbs/01_dataset.ipynb #351d0663
+MAX_TEXT_IDS = 128  # n-grams kept per title: words and word pairs first, then character n-grams
+
+def title_ngrams(title) -> list[str]:
+    "The word 1- and 2-grams and the character 2- to 5-grams (of `<word>`) of `title`'s tokens."
+    words = tokenize(title) if isinstance(title, str) else []
+    grams = [f'w {w}' for w in words] + [f'b {a} {b}' for a, b in zip(words, words[1:])]
+    for w in words:
+        bounded = f'<{w}>'
+        grams += [f'c {bounded[i:i + n]}' for n in range(2, 6) for i in range(len(bounded) - n + 1)]
+    return grams
+
+def title_text_ids(titles, buckets: int, max_ids: int = MAX_TEXT_IDS) -> np.ndarray:
+    "`(N, max_ids)` int64 bucket ids of each title's n-grams (`zlib.crc32`, the same everywhere), padded with `buckets`."
+    out = np.full((len(titles), max_ids), buckets, np.int64)
+    for i, title in enumerate(titles):
+        ids = [zlib.crc32(g.encode()) % buckets for g in title_ngrams(title)[:max_ids]]
+        out[i, :len(ids)] = ids
+    return out
+
 # %% ../nbs/01_dataset.ipynb #a82577fb
 def title_lengths(arrays: np.ndarray) -> np.ndarray:
     "Token counts of title arrays `(..., L, D)`: the rows up to the last non-zero one, as int64 `(...)`."
@@ -215,6 +236,12 @@ class MovieData:
     @property
     def ids(self) -> np.ndarray: return self.table['id'].to_numpy(dtype=np.int64, copy=True)
     def __len__(self): return len(self.table)
+
+    def title_text(self, buckets: int) -> np.ndarray:
+        "The titles' hashed n-grams (`title_text_ids`), computed once per bucket count."
+        cache = self.__dict__.setdefault('_title_text', {})
+        if buckets not in cache: cache[buckets] = title_text_ids(self.table['title'].tolist(), buckets)
+        return cache[buckets]
 
 def csv_line(row: int) -> int:
     "The line of a CSV file holding data row `row` (0-based, after the header), as an editor numbers lines."
@@ -484,8 +511,9 @@ def _batch_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 
 class MovieDataset(torch.utils.data.Dataset):
     "Rows `indices` of `data` as dict items and batches; `transform` (albumentations, uint8 to uint8) augments the posters."
-    def __init__(self, data: MovieData, indices=None, transform: A.Compose | None = None):
+    def __init__(self, data: MovieData, indices=None, transform: A.Compose | None = None, text_buckets: int | None = None):
         self.data, self.transform, self.steps = data, transform, random_steps(transform)
+        self.title_text = data.title_text(text_buckets) if text_buckets else None  # hashed once, before any worker starts
         self.indices = np.arange(len(data)) if indices is None else np.asarray(indices)
         self.ids = data.ids
         self.labels = data.labels if data.labels is not None else np.zeros((len(data), len(data.genres)), np.float32)
@@ -510,7 +538,8 @@ class MovieDataset(torch.utils.data.Dataset):
                 'title_len': torch.from_numpy(self.data.title_len[rows]),
                 'year': torch.from_numpy(self.data.year[rows]),
                 'labels': torch.from_numpy(np.asarray(self.labels[rows], np.float32)),
-                'id': torch.from_numpy(self.ids[rows])}
+                'id': torch.from_numpy(self.ids[rows]),
+                **({'title_text': torch.from_numpy(self.title_text[rows])} if self.title_text is not None else {})}
 
 def make_loader(dataset: MovieDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
                 num_workers: int = 0, device: str = 'cpu', drop_last: bool = False) -> torch.utils.data.DataLoader:

@@ -13,17 +13,19 @@ from torch import nn
 from .config import FlatConfig
 
 # %% auto #0
-__all__ = ['ARCHS', 'FUSIONS', 'TITLE_ENCODERS', 'SEED_SETTINGS', 'RESNET_ONLY', 'IMAGENET_MEAN', 'IMAGENET_STD', 'YEAR_CENTRE',
-           'YEAR_SCALE', 'parse_depths', 'ModelConfig', 'NormalizePosters', 'SeedCNN', 'BasicBlock', 'ResNetD',
-           'token_mask', 'masked_mean_max', 'FlattenTitle', 'PooledTitle', 'ConvTitle', 'YearEncoder', 'ConcatFusion',
-           'GatedFusion', 'classifier_head', 'GenreNet', 'build_model']
+__all__ = ['ARCHS', 'FUSIONS', 'TITLE_ENCODERS', 'TITLE_INPUTS', 'SEED_SETTINGS', 'RESNET_ONLY', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'YEAR_CENTRE', 'YEAR_SCALE', 'parse_depths', 'ModelConfig', 'NormalizePosters', 'SeedCNN', 'BasicBlock',
+           'ResNetD', 'token_mask', 'masked_mean_max', 'FlattenTitle', 'PooledTitle', 'ConvTitle', 'TextTitle',
+           'YearEncoder', 'ConcatFusion', 'GatedFusion', 'classifier_head', 'GenreNet', 'build_model']
 
 # %% ../nbs/02_model.ipynb #946d5aeb
 ARCHS = ('seed', 'resnet')
 FUSIONS = ('concat', 'gmu', 'image', 'title')
 TITLE_ENCODERS = ('flatten', 'pool', 'conv')
+TITLE_INPUTS = ('arrays', 'text', 'both')
 # The competition notebook's network: what arch='seed' means, whatever the defaults below are.
-SEED_SETTINGS = dict(fusion='concat', title_encoder='flatten', use_year=False, hidden=128, dropout=0.5, title_dropout=0.5)
+SEED_SETTINGS = dict(fusion='concat', title_encoder='flatten', title_input='arrays', use_year=False, hidden=128, dropout=0.5,
+                     title_dropout=0.5)
 RESNET_ONLY = ('width', 'depths')
 
 def parse_depths(depths: str) -> tuple[int, ...]:
@@ -42,18 +44,21 @@ class ModelConfig(FlatConfig):
     width: int = 32              # resnet: channels of the first stage, doubled at each later stage
     depths: str = '1,1,1,1'      # resnet: residual blocks per stage, comma-separated
     title_encoder: str = 'pool'  # 'flatten' (the seed's), 'pool' (masked mean + max), 'conv' (1-D conv, then pool)
+    title_input: str = 'arrays'  # 'arrays' (the word-vector arrays), 'text' (hashed n-grams of the title), 'both'
+    text_buckets: int = 65536    # rows of the hashed n-gram embedding table (title_input 'text' or 'both')
+    text_dim: int = 32           # width of an n-gram embedding
     use_year: bool = True        # the release year as one more modality (with any fusion)
     dropout: float = 0.3         # before the last layer of the classifier head
     title_dropout: float = 0.2   # at the end of the title branch
     hidden: int = 128            # size of the title features, of the gated fusion and of the head
 
     def __post_init__(self):
-        for name, allowed in (('arch', ARCHS), ('fusion', FUSIONS), ('title_encoder', TITLE_ENCODERS)):
+        for name, allowed in (('arch', ARCHS), ('fusion', FUSIONS), ('title_encoder', TITLE_ENCODERS), ('title_input', TITLE_INPUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, not {getattr(self, name)!r}')
         parse_depths(self.depths)
         if not isinstance(self.use_year, bool): raise ValueError(f'use_year must be True or False, not {self.use_year!r}')
-        for name in ('width', 'hidden'):
+        for name in ('width', 'hidden', 'text_buckets', 'text_dim'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, not {value!r}')
@@ -77,6 +82,11 @@ class ModelConfig(FlatConfig):
 
     @property
     def stage_depths(self) -> tuple[int, ...]: return parse_depths(self.depths)
+
+    @property
+    def uses_title_text(self) -> bool:
+        "Whether the network reads the title's hashed n-grams (the batches then need `title_text`)."
+        return self.title_input in ('text', 'both') and self.fusion != 'image'
 
 # %% ../nbs/02_model.ipynb #32a94f17
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -194,6 +204,19 @@ class ConvTitle(nn.Module):
         title = title.masked_fill(~token_mask(title, lengths)[..., None], 0)
         return self.pool(F.relu(self.conv(title.transpose(1, 2))).transpose(1, 2), lengths)
 
+# %% ../nbs/02_model.ipynb #b6e30f83
+class TextTitle(nn.Module):
+    "The mean embedding of a title's hashed n-grams `(B, K)` (id `buckets` is padding), layer norm, then Linear-ReLU-dropout."
+    def __init__(self, buckets: int, dim: int = 32, hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(buckets + 1, dim, mode='mean', padding_idx=buckets)
+        nn.init.normal_(self.bag.weight, std=0.1)
+        with torch.no_grad(): self.bag.weight[buckets] = 0
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.out_dim = hidden
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor: return self.mlp(self.bag(ids))
+
 # %% ../nbs/02_model.ipynb #c8ab18a1
 YEAR_CENTRE, YEAR_SCALE = 2000.0, 25.0
 
@@ -241,17 +264,19 @@ def classifier_head(in_dim: int, hidden: int, n_out: int, dropout: float) -> nn.
 class GenreNet(nn.Module):
     "Poster, title and year encoders (any may be absent), a fusion and a head: batch dict -> `(B, n_genres)` logits."
     def __init__(self, image_encoder: nn.Module | None, title_encoder: nn.Module | None, year_encoder: nn.Module | None,
-                 fusion: nn.Module, head: nn.Module):
+                 fusion: nn.Module, head: nn.Module, text_encoder: nn.Module | None = None):
         super().__init__()
         self.image_encoder, self.title_encoder, self.year_encoder = image_encoder, title_encoder, year_encoder
+        self.text_encoder = text_encoder
         self.fusion, self.head = fusion, head
         self.normalize = NormalizePosters()
 
     def features(self, batch: dict) -> list[torch.Tensor]:
-        "One feature tensor per modality the model uses, in the order image, title, year."
+        "One feature tensor per modality the model uses, in the order image, title arrays, title text, year."
         out = []
         if self.image_encoder is not None: out.append(self.image_encoder(self.normalize(batch['image'])))
         if self.title_encoder is not None: out.append(self.title_encoder(batch['title'], batch['title_len']))
+        if self.text_encoder is not None: out.append(self.text_encoder(batch['title_text']))
         if self.year_encoder is not None: out.append(self.year_encoder(batch['year']))
         return out
 
@@ -268,8 +293,9 @@ def build_model(cfg: ModelConfig, n_genres: int, title_len: int, title_dim: int)
         if value < 1: raise ValueError(f'{name} must be at least 1, not {value}')
     image = None
     if cfg.fusion != 'title': image = SeedCNN() if cfg.arch == 'seed' else ResNetD(cfg.width, cfg.stage_depths)
-    title = _title_encoder(cfg, title_len, title_dim) if cfg.fusion != 'image' else None
+    title = _title_encoder(cfg, title_len, title_dim) if cfg.fusion != 'image' and cfg.title_input != 'text' else None
+    text = TextTitle(cfg.text_buckets, cfg.text_dim, cfg.hidden, cfg.title_dropout) if cfg.uses_title_text else None
     year = YearEncoder() if cfg.use_year else None
-    dims = [m.out_dim for m in (image, title, year) if m is not None]
+    dims = [m.out_dim for m in (image, title, text, year) if m is not None]
     fusion = GatedFusion(dims, cfg.hidden) if cfg.fusion == 'gmu' else ConcatFusion(dims)
-    return GenreNet(image, title, year, fusion, classifier_head(fusion.out_dim, cfg.hidden, n_genres, cfg.dropout))
+    return GenreNet(image, title, year, fusion, classifier_head(fusion.out_dim, cfg.hidden, n_genres, cfg.dropout), text)

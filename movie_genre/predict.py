@@ -143,13 +143,19 @@ def _title_input(predictor: Predictor, title, title_array, vectors: WordVectors 
         if array.shape != shape: raise ValueError(f'the title array has shape {array.shape}, the run needs {shape}')
         if not np.isfinite(array).all(): raise ValueError('the title array holds NaN or inf')
         return array, [], []
-    if no_title or not predictor.uses_title:
-        return np.zeros(shape, np.float32), [], ['no title: predicted from the poster and year'] if predictor.uses_title else []
+    empty = np.zeros(shape, np.float32)
+    reads_title = predictor.uses_title or predictor.uses_title_text
+    untitled = ['no title: predicted from the poster and year'] if reads_title else []
+    if no_title: return empty, [], untitled
     if _missing(title) or not str(title).strip():
+        if predictor.uses_title_text or not predictor.uses_title: return empty, [], untitled  # text: an empty bag
         raise ValueError('empty title: give the title (with word vectors) or a title array, '
                          'or no_title=True to predict from the poster alone')
-    if vectors is None: raise ValueError(f'the title {title!r} needs word vectors to be encoded: pass vectors= '
-                                         f'(a word2vec or GloVe file), a title_array, or no_title=True')
+    if not predictor.uses_title: return empty, [], []  # the run reads no word vectors (its title is read as text)
+    if vectors is None:
+        if predictor.uses_title_text: return empty, [], ["no word vectors: the title is read from its text alone"]
+        raise ValueError(f'the title {title!r} needs word vectors to be encoded: pass vectors= '
+                         f'(a word2vec or GloVe file), a title_array, or no_title=True')
     array, unknown = encode_title(str(title), vectors, shape)
     notes = [] if title_lengths(array) else ['no word of the title has a vector: predicted from the poster and year']
     known = sum(t in vectors.vectors for t in tokenize(str(title)))
@@ -171,7 +177,7 @@ def _prepare(predictor: Predictor, poster, title=None, title_array=None, year=No
     except (TypeError, ValueError): raise ValueError(f'the year must be a number, not {year!r}') from None
     if not np.isfinite(year): raise ValueError(f'the year must be a finite number, not {year!r}')
     return dict(poster=str(poster), title=None if _missing(title) else str(title), year=year, image=image,
-                title_array=array, unknown_words=unknown, notes=notes)
+                title_array=array, title_text=None if no_title or _missing(title) else str(title), unknown_words=unknown, notes=notes)
 
 # %% ../nbs/06_predict.ipynb #a2b4cc59
 def _probs(predictor: Predictor, items: list[dict]) -> np.ndarray:
@@ -179,10 +185,10 @@ def _probs(predictor: Predictor, items: list[dict]) -> np.ndarray:
     if not items: return np.zeros((0, len(predictor.genres)), np.float32)
     images = np.stack([item['image'] for item in items])
     titles = np.stack([item['title_array'] for item in items])
-    data = MovieData(pd.DataFrame({'id': np.arange(len(items))}), images, titles,
-                     title_lengths(titles),
-                     np.array([item['year'] for item in items], np.float32), None, predictor.genres)
-    loader = make_loader(MovieDataset(data, transform=eval_transforms(*images.shape[1:3])),
+    data = MovieData(pd.DataFrame({'id': np.arange(len(items)), 'title': [item['title_text'] for item in items]}), images, titles,
+                     title_lengths(titles), np.array([item['year'] for item in items], np.float32), None, predictor.genres)
+    text = predictor.config.text_buckets if predictor.uses_title_text else None
+    loader = make_loader(MovieDataset(data, transform=eval_transforms(*images.shape[1:3]), text_buckets=text),
                          predictor.config.batch_size * 2, device=predictor.runtime.device.type)
     return np.mean([predict_probs(model, loader, predictor.runtime, tta=predictor.config.tta)[1] for model in predictor.models], axis=0)
 
@@ -259,7 +265,10 @@ class Predictor:
                    float(state['year_fill']), runtime, run_dir)
 
     @property
-    def uses_title(self) -> bool: return self.models[0].title_encoder is not None
+    def uses_title(self) -> bool: return self.models[0].title_encoder is not None  # the word-vector arrays
+
+    @property
+    def uses_title_text(self) -> bool: return self.models[0].text_encoder is not None  # the title's hashed n-grams
 
     @property
     def default_vectors(self) -> Path | None:
@@ -336,7 +345,7 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
     paths = [Path(p).expanduser() for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     if not paths: raise ValueError('no input: give a poster, a folder of posters or a CSV file')
     if len(paths) == 1 and _is_poster_file(paths[0]):
-        named = title is None and _missing(title_array) and not no_title and predictor.uses_title
+        named = title is None and _missing(title_array) and not no_title and (predictor.uses_title or predictor.uses_title_text)
         if named: title = _named_rows(paths)['title'][0]  # as a folder of posters does
         result = predictor.predict(paths[0], title, title_array, year, vectors, no_title)
         if named: result['notes'].insert(0, f'the title {title!r} is the file name (give --title for another)')
@@ -346,7 +355,7 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
             raise ValueError('title, year and title_array go with a single poster; a folder takes its titles from the '
                              'file names and a CSV from its columns')
         named = [p for p in paths if p.is_dir() or _is_poster_file(p)]
-        if named and vectors is None and predictor.default_vectors is None and predictor.uses_title and not no_title:
+        if named and vectors is None and predictor.default_vectors is None and predictor.uses_title and not predictor.uses_title_text and not no_title:
             raise ValueError(f'the posters of {named[0]} take their titles from their file names, which need word vectors: '
                              f'pass vectors= (a word2vec or GloVe file), or no_title=True to predict from the posters alone')
         rows = pd.concat([input_rows(p) for p in paths], ignore_index=True)

@@ -168,7 +168,7 @@ def probs_frame(ids: np.ndarray, probs: np.ndarray, genres: list[str]) -> pd.Dat
     "A table of `id` plus one probability column per genre."
     return pd.concat([pd.DataFrame({'id': ids}), pd.DataFrame(probs, columns=genres)], axis=1)
 
-# %% ../nbs/03b_training.ipynb #dda47c3d
+# %% ../nbs/03b_training.ipynb #9a77523b
 def train_step(model, batch: dict, optimizer, scheduler, scaler, runtime: Runtime, cfg: TrainConfig, where: str = '') -> float:
     "One optimisation step of `model` on the device `batch`; the loss. `FloatingPointError` (saying `where`) for a NaN or infinite loss."
     with runtime.autocast():
@@ -188,15 +188,15 @@ def fold_datasets(cfg: TrainConfig, data: MovieData, folds: pd.DataFrame) -> tup
     fold_of = folds.set_index('id')['fold'].reindex(data.ids).to_numpy()
     if np.isnan(fold_of.astype(float)).any(): raise ValueError('folds.csv does not cover every movie of the data')
     train_idx, valid_idx = np.flatnonzero(fold_of != cfg.fold), np.flatnonzero(fold_of == cfg.fold)
-    h, w = data.images.shape[1:3]
-    return (MovieDataset(data, train_idx, train_transforms(h, w) if cfg.augment else eval_transforms(h, w)),
-            MovieDataset(data, valid_idx, eval_transforms(h, w)))
+    h, w, text = *data.images.shape[1:3], cfg.text_buckets if cfg.uses_title_text else None
+    return (MovieDataset(data, train_idx, train_transforms(h, w) if cfg.augment else eval_transforms(h, w), text),
+            MovieDataset(data, valid_idx, eval_transforms(h, w), text))
 
 def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> dict:
     thresholds = tune_thresholds(labels, probs, metric=cfg.metric, max_genres=cfg.max_genres)
     return {f'f1_{k}': v for k, v in f1_scores(labels, decode(probs, thresholds, cfg.max_genres)).items()}
 
-# %% ../nbs/03b_training.ipynb #2ae6eefb
+# %% ../nbs/03b_training.ipynb #0c6526f9
 RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
 FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
                 BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test'))
@@ -327,7 +327,8 @@ def _finish(cfg, out, model, valid_dl, test, genres, runtime, rows) -> dict:
     model.load_state_dict(state['weights'])
     if test is not None:
         h, w = test.images.shape[1:3]
-        test_dl = make_loader(MovieDataset(test, transform=eval_transforms(h, w)), cfg.batch_size * 2, device=runtime.device.type)
+        test_ds = MovieDataset(test, transform=eval_transforms(h, w), text_buckets=cfg.text_buckets if cfg.uses_title_text else None)
+        test_dl = make_loader(test_ds, cfg.batch_size * 2, device=runtime.device.type)
         ids, probs, _ = predict_probs(model, test_dl, runtime, tta=cfg.tta)
         write_atomic(out / TEST_FILE, probs_frame(ids, probs, genres).to_csv(index=False))
     ids, probs, _ = predict_probs(model, valid_dl, runtime, tta=cfg.tta)

@@ -4,6 +4,8 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
 from argparse import Namespace
 from movie_genre.cli import build_parser
 from types import SimpleNamespace
@@ -245,3 +247,34 @@ def test_bf16_autocast_gives_the_fp32_numbers_to_bf16_rounding(run):
     rows = [dict(poster=str(run.data / 'test' / f'{i}.jpg'), title_array=str(run.data / 'test_w2v' / f'{i}.npy')) for i in run.test.id]
     a, b = (p.predict_table(rows, progress=False)[DEMO_GENRES].to_numpy() for p in (fp32, bf16))
     assert 0 < np.abs(a - b).max() < 0.02, np.abs(a - b).max()
+
+
+def test_title_text_hashing_is_the_same_in_every_process():
+    "The n-gram hash is CRC-32, not Python's hash(), whose salt changes with each process."
+    from movie_genre.data import title_text_ids
+    titles = ['The Night House', "Don't Look Up 2", 'Zorblax II']
+    here = title_text_ids(titles, 65536).tolist()
+    code = f'from movie_genre.data import title_text_ids; print(title_text_ids({titles!r}, 65536).tolist())'
+    for salt in ('1', '2'):
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'PYTHONHASHSEED': salt})
+        assert eval(out.stdout) == here, out.stderr[-500:]
+
+
+def test_a_title_text_model_predicts_a_new_movie_from_its_title_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv('MOVIE_GENRE_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(Predictor, 'default_vectors', property(lambda self: None))  # no word vectors anywhere
+    data = make_demo(tmp_path / 'data', n_train=60, n_test=8)
+    for title_input in ('text', 'both'):
+        train_fold(TrainConfig(data_dir=str(data), runs_dir=str(tmp_path / 'runs'), run_name=title_input, folds=2, epochs=1,
+                               image_size=32, title_input=title_input, text_buckets=4096))
+        predictor = Predictor.from_run(title_input, runs_dir=tmp_path / 'runs')
+        assert predictor.uses_title_text and predictor.uses_title == (title_input == 'both')
+        movie = pd.read_csv(data / 'test.csv').iloc[0]
+        poster = data / 'test' / f'{movie.id}.jpg'
+        written = pd.read_csv(tmp_path / 'runs' / title_input / 'fold1' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
+        array = data / 'test_w2v' / f'{movie.id}.npy' if title_input == 'both' else None
+        result = predictor.predict(poster, movie.title, title_array=array, year=movie.year)
+        assert np.allclose(list(result['probabilities'].values()), written, atol=1e-5), title_input
+        alone = predictor.predict(poster, movie.title, year=movie.year)  # no vectors, no array: the text still counts
+        untitled = predictor.predict(poster, year=movie.year)
+        assert alone['probabilities'] != untitled['probabilities'] and 'no title' in untitled['notes'][0]
