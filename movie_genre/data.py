@@ -31,7 +31,7 @@ __all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'RE
            'BAD_ROWS_FILE', 'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path',
            'parse_genres', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_ngrams',
            'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels',
-           'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms',
+           'read_years', 'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms',
            'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
@@ -169,7 +169,7 @@ def title_array(title: str, vectors: dict[str, np.ndarray], max_tokens: int = 15
     for row, token in enumerate([t for t in tokenize(title) if t in vectors][:max_tokens]): out[row] = vectors[token]
     return out
 
-# %% ../nbs/01_dataset.ipynb #351d0663
+# %% ../nbs/01_dataset.ipynb #66e1bf84
 MAX_TEXT_IDS = 128  # n-grams kept per title: words and word pairs first, then character n-grams
 
 def title_ngrams(title) -> list[str]:
@@ -401,6 +401,21 @@ def read_labels(data_dir, ids, genres: list[str]) -> np.ndarray:
         if unknown: raise ValueError(f'{csv}, line {line}: movie {movie} has genre(s) {unknown} that the run does not predict ({genres})')
         labels[i, [column[g] for g in movie_genres]] = 1
     return labels
+
+# %% ../nbs/01_dataset.ipynb #b0a854e9
+def read_years(data_dir, split: str, ids, fill: float | None = None) -> tuple[np.ndarray, float]:
+    "The years `(len(ids),)` of the movies `ids` in `data_dir/<split>.csv` and the fill of missing ones (default: train.csv's median)."
+    data_dir = project_path(data_dir)
+    table = read_csv(data_dir / f'{split}.csv', usecols=['id', 'year'])
+    if fill is None:
+        train = table if split == 'train' else read_csv(data_dir / 'train.csv', usecols=['id', 'year'])
+        known = pd.to_numeric(train['year'], errors='coerce').dropna()
+        fill = float(known.median()) if len(known) else 2000.0
+    years = pd.to_numeric(table['year'], errors='coerce').set_axis(pd.to_numeric(table['id'], errors='coerce')).fillna(fill)
+    years = years[~years.index.duplicated()]
+    absent = np.setdiff1d(ids, years.index)
+    if len(absent): raise ValueError(f'{len(absent)} ids are not in {data_dir / f"{split}.csv"}, e.g. {absent[:5].tolist()}')
+    return years.loc[np.asarray(ids)].to_numpy(np.float64), fill
 
 # %% ../nbs/01_dataset.ipynb #bc9a4a95
 def make_folds(data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFrame:

@@ -4,6 +4,7 @@
 
 # %% ../nbs/08_demo.ipynb #543ab903
 from __future__ import annotations
+import json
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from .data import WORD_VECTORS_FILE, title_array
 
 # %% auto #0
 __all__ = ['DEMO_GENRES', 'GENRE_PRIOR', 'GENRE_COLOUR', 'GENRE_DECADE', 'KAGGLE_ROOT', 'demo_word_vectors', 'make_demo',
-           'write_word_vectors']
+           'write_word_vectors', 'make_fake_run']
 
 # %% ../nbs/08_demo.ipynb #19e1b08d
 DEMO_GENRES = ['Action', 'Animation', 'Comedy', 'Documentary', 'Drama', 'Horror', 'Romance', 'Thriller']
@@ -136,3 +137,22 @@ def write_word_vectors(path, vectors: dict[str, np.ndarray]) -> Path:
     lines = [f'{len(vectors)} {dim}'] + [f'{w} ' + ' '.join(f'{x:.6f}' for x in v) for w, v in vectors.items()]
     Path(path).write_text('\n'.join(lines) + '\n')
     return Path(path)
+
+# %% ../nbs/08_demo.ipynb #ea7b9c86
+def make_fake_run(data, test, name: str, runs_dir, data_dir, folds=(1, 2), n_folds: int = 3, seed: int = 0, **config) -> Path:
+    "A run folder `runs_dir/name` for the `MovieData` `data` (and `test`) whose `folds` finished with random probabilities."
+    from movie_genre.runs import CONFIG_FILE, FOLDS_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE, TEST_FILE, load_or_make_folds
+    rng, run_dir = np.random.default_rng(seed), Path(runs_dir) / name
+    split = load_or_make_folds(run_dir / FOLDS_FILE, data, n_folds, config.get('fold_seed', 42))
+    def probs(ids): return pd.DataFrame(rng.random((len(ids), len(data.genres))), columns=data.genres).assign(id=ids)[['id', *data.genres]]
+    for k in folds:
+        fold_dir = run_dir / f'fold{k}'
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / CONFIG_FILE).write_text(json.dumps({'fold': k, 'data_dir': str(data_dir), 'epochs': 2, 'metric': 'macro',
+                                                        'select': 'last', **config}))
+        pd.DataFrame({'epoch': [1, 2], 'train_loss': [0.5, 0.4], 'valid_loss': [0.5, 0.45], 'f1_micro': [0.4, 0.5],
+                      'f1_macro': [0.3, 0.4], 'f1_samples': [0.4, 0.5], 'seconds': [1.0, 1.0]}).to_csv(fold_dir / SUMMARY_FILE, index=False)
+        (fold_dir / MODEL_FILE).write_bytes(b'')
+        if test is not None: probs(test.ids).to_csv(fold_dir / TEST_FILE, index=False)
+        probs(split.loc[split['fold'] == k, 'id'].to_numpy()).to_csv(fold_dir / OOF_FILE, index=False)
+    return run_dir
