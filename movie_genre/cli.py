@@ -21,8 +21,8 @@ from .runs import (CONFIG_FILE, LOGS_DIR, SUMMARY_FILE, FoldBusy, finished_folds
 from .train import CheckpointError, TrainConfig
 
 # %% auto #0
-__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'train_folds', 'cli_words', 'build_parser',
-           'run_notebook', 'main', 'evaluate_command', 'quickstart']
+__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'train_folds', 'cli_words',
+           'ensemble_options', 'build_parser', 'run_notebook', 'main', 'evaluate_command', 'quickstart']
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -49,7 +49,7 @@ def check_gpus(gpus: list[str]) -> list[str]:
                              if count else 'no CUDA GPU') + f'; {", ".join(bad)} is not one of them')
     return gpus
 
-# %% ../nbs/07_cli.ipynb #27bbc135
+# %% ../nbs/07_cli.ipynb #1b035143
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _ERROR_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Busy|Interrupt|Exit)\b.*')
 
@@ -151,9 +151,15 @@ def cli_words(message: str) -> str:
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter): pass
 
+def ensemble_options(p: argparse.ArgumentParser):
+    "How the runs of an ensemble (`--run-name a,b`) combine."
+    p.add_argument('--weights', default='equal', help="an ensemble: 'equal', 'tuned' (on the out-of-fold probabilities) or numbers like 0.6,0.4")
+    p.add_argument('--stack', action='store_true', help='an ensemble: stack the members by per-genre logistic regressions')
+
 def build_parser() -> argparse.ArgumentParser:
     "The `movie-genre` argument parser."
     from movie_genre.evaluate import EvaluateConfig
+    from movie_genre.tfidf import TfidfConfig
     parser = argparse.ArgumentParser(prog='movie-genre', description='Predict movie genres from posters and titles.',
                                      formatter_class=_Help)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -167,25 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--dim', type=int, default=50, help='word-vector dimension D of the (15, D) title arrays')
     p.add_argument('--seed', type=int, default=0, help='the same seed writes the same bytes')
     p.add_argument('--force', action='store_true', help='write into a folder that is not empty (files of the same name are replaced)')
-    p = command('train', 'train folds through nbs/04_train.ipynb, one papermill process per fold',
-                epilog='training parameters (-p NAME VALUE):\n' + TrainConfig.parameter_help())
+    p = command('train', 'train folds through nbs/04_train.ipynb, one papermill process per fold (or the TF-IDF title member)',
+                epilog='training parameters (-p NAME VALUE):\n' + TrainConfig.parameter_help()
+                       + '\n\nwith --model tfidf:\n' + TfidfConfig.parameter_help())
+    p.add_argument('--model', choices=('network', 'tfidf'), default='network',
+                   help='a network (the papermill notebook), or the TF-IDF title member (in this process, a minute a fold)')
     p.add_argument('--run-name', required=True, help='the run folder runs/<name>/')
     p.add_argument('--folds', type=parse_folds, help='e.g. 1-8 or 1,3 (default: all folds of the run)')
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a training parameter (repeatable)')
     p.add_argument('--gpus', help='comma-separated GPU ids: one fold per GPU at a time')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
                 epilog='evaluation parameters (-p NAME VALUE):\n' + EvaluateConfig.parameter_help())
-    p.add_argument('--run-name', required=True, help='the run to evaluate')
+    p.add_argument('--run-name', required=True, help='the run to evaluate, or runs a,b,... (an ensemble: see -p weights, -p stack)')
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='an evaluation parameter (repeatable)')
     p = command('submit', "write a Kaggle submission from a run's fold ensemble")
-    p.add_argument('--run-name', required=True, help='the run whose folds predicted the test split')
+    p.add_argument('--run-name', required=True, help='the run whose folds predicted the test split, or runs a,b,... (an ensemble)')
     p.add_argument('--data-dir', help="the folder with sample_submission.csv (default: the run's data)")
     p.add_argument('--out', default='submission.csv', help='the CSV to write (relative to where you stand)')
     p.add_argument('--metric', choices=('macro', 'micro', 'samples'),
                    help="the F1 the thresholds are tuned for: the leaderboard's (default: the run's own, macro unless trained otherwise)")
     p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
+    ensemble_options(p)
     p = command('predict', 'predict genres of new movies: a poster, a folder of posters (titles from the file names), or a CSV')
-    p.add_argument('--run-name', required=True, help='the trained run to ask')
+    p.add_argument('--run-name', required=True, help='the trained run to ask, or runs a,b,... (an ensemble)')
     p.add_argument('inputs', nargs='+', help='a poster, a folder of posters, or a CSV (poster,title,year[,title_array])')
     p.add_argument('--title', help="the movie's title (a single poster; default: its file name)")
     p.add_argument('--year', type=float, help="the release year (default: the value training used for a missing year)")
@@ -197,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--metric', choices=('macro', 'micro', 'samples'), help="the thresholds' metric (default: the run's own)")
     p.add_argument('--out', help='a CSV to write the predictions to')
     p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
+    ensemble_options(p)
     p = command('quickstart', 'the README\'s first job', description=
                 'Writes the synthetic demo set into data/ when data/ has no train.csv, trains fold 1 of the run through '
                 'nbs/04_train.ipynb, then evaluates it into reports/<run>/.')
@@ -231,6 +242,10 @@ def _run(args, parser):
     if args.command == 'demo':
         from movie_genre.demo import make_demo
         print(f'demo data written to {make_demo(_here(args.dest), args.n_train, args.n_test, args.dim, args.seed, force=args.force)}')
+    elif args.command == 'train' and args.model == 'tfidf':
+        from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+        params = _command_line_params(TfidfConfig, args.param, parser, run_name=args.run_name)
+        for fold in args.folds or range(1, TfidfConfig.from_dict(params).folds + 1): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
     elif args.command == 'train':
         params = _command_line_params(TrainConfig, args.param, parser, run_name=args.run_name)
         table = train_folds(params, args.folds, check_gpus(args.gpus.split(',')) if args.gpus else None)
@@ -241,7 +256,7 @@ def _run(args, parser):
     elif args.command == 'submit':
         from movie_genre.evaluate import make_submission
         make_submission(args.run_name, data_dir=_here(args.data_dir), out=_here(args.out), runs_dir=_here(args.runs_dir) or 'runs',
-                        metric=args.metric)
+                        metric=args.metric, weights=args.weights, stack=args.stack)
     elif args.command == 'predict':
         from movie_genre.predict import predict_cli
         for name in ('title_array', 'vectors', 'out', 'runs_dir'): setattr(args, name, _here(getattr(args, name)))
@@ -253,13 +268,16 @@ def _run(args, parser):
 def evaluate_command(params: dict):
     "`movie-genre evaluate`: the run must exist; run `05_evaluate.ipynb` into the report folder, then print the headline scores."
     from movie_genre.evaluate import EvaluateConfig
+    from movie_genre.ensemble import ensemble_dir, is_ensemble, member_names
     cfg = EvaluateConfig.from_dict(params)
-    run_dir = run_path(cfg.run_name, cfg.runs_dir)
-    if not finished_folds(run_dir):
-        known = sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir()) if run_dir.parent.is_dir() else []
-        raise FileNotFoundError(f'run {cfg.run_name!r} has no finished fold in {run_dir.parent}' +
-                                (f' (runs there: {", ".join(known)})' if known else ''))
-    reports = project_path(cfg.reports_dir) / cfg.run_name
+    for name in member_names(cfg.run_name):
+        run_dir = run_path(name, cfg.runs_dir)
+        if not finished_folds(run_dir):
+            known = sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir() and p.name != 'ensembles') if run_dir.parent.is_dir() else []
+            raise FileNotFoundError(f'run {name!r} has no finished fold in {run_dir.parent}' +
+                                    (f' (runs there: {", ".join(known)})' if known else ''))
+    combined = is_ensemble(cfg.run_name) or cfg.stack or cfg.weights != 'equal'
+    reports = project_path(cfg.reports_dir) / (ensemble_dir(cfg.run_name, cfg.runs_dir, cfg.weights, cfg.stack).name if combined else cfg.run_name)
     run_notebook('05_evaluate.ipynb', reports / '05_evaluate.ipynb', params)
     scores = pd.read_csv(reports / 'scores.csv', index_col=0)
     print(scores.loc[[r for r in ('tuned', 'tuned, cross-fitted') if r in scores.index]].round(4).to_string())

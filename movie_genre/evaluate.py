@@ -19,8 +19,9 @@ from .data import project_path
 from .metrics import (
     decode, distinct_colours, f1_scores, genre_table, plot_confusion_matrices, plot_genre_heatmap, plot_pr_curves,
     plot_roc_curves, threshold_table, tune_thresholds)
+from .ensemble import load_any, thresholds_for
 from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResult, fold_list, load_run,
-                              run_thresholds, save_thresholds)
+                              save_thresholds)
 
 # %% auto #0
 __all__ = ['FIGURES', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
@@ -59,9 +60,11 @@ def _fold_table(run: RunResult, predictions: np.ndarray, metric: str) -> pd.Data
     rows = []
     for k in run.finished:
         here, summary = run.fold_of == k, run.summaries[run.summaries['fold'] == k]
-        used = summary.loc[summary[f'f1_{metric}'].idxmax()] if run.config.get('select', 'best') == 'best' else summary.iloc[-1]
-        rows.append({'fold': k, 'movies': int(here.sum()), 'epochs': len(summary), 'epoch_used': int(used['epoch']),
-                     f'epoch_used_f1_{metric}': used[f'f1_{metric}'],
+        epochs = {}
+        if len(summary):  # an ensemble's summaries are its members', named by member and fold
+            used = summary.loc[summary[f'f1_{metric}'].idxmax()] if run.config.get('select', 'best') == 'best' else summary.iloc[-1]
+            epochs = {'epochs': len(summary), 'epoch_used': int(used['epoch']), f'epoch_used_f1_{metric}': used[f'f1_{metric}']}
+        rows.append({'fold': k, 'movies': int(here.sum()), **epochs,
                      **{f'f1_{m}': v for m, v in f1_scores(run.labels[here], predictions[here]).items()}})
     return pd.DataFrame(rows).set_index('fold')
 
@@ -177,11 +180,12 @@ def write_submission(run: RunResult, thresholds, sample_file, out) -> Path:
     return out
 
 # %% ../nbs/04a_evaluation.ipynb #d87acd85
-def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str | None = None) -> Path:
+def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str | None = None,
+                    weights: str = 'equal', stack: bool = False) -> Path:
     "Write the submission of run `run_name` (thresholds tuned for `metric` F1 on its OOF; default: the run's metric) to `out`; `data_dir` holds sample_submission.csv (default: the run's)."
-    run = load_run(run_name, runs_dir, data_dir)
+    run = load_any(run_name, runs_dir, data_dir, weights, stack)
     data_dir = data_dir if data_dir is not None else run.config['data_dir']
-    saved = run_thresholds(run_name, runs_dir, metric, data_dir)  # the evaluation's, when it ran for this metric
+    saved = thresholds_for(run_name, runs_dir, metric, data_dir, weights, stack)  # the evaluation's, when it ran for this metric
     by_genre = dict(zip(saved['genres'], saved['thresholds']))
     out = write_submission(run, [by_genre[g] for g in run.genres], project_path(data_dir) / 'sample_submission.csv', out)
     print(f'submission of {run.name} ({len(run.test_folds)} folds averaged, thresholds tuned for {saved["metric"]} F1) written to {out}')
@@ -243,6 +247,18 @@ def _weights_sentence(run: RunResult) -> str:
             'on the very movies it is scored on here, so unseen movies will score lower. Train with `select=\'last\'` and '
             '`patience=0` (the defaults) for an honest estimate.')
 
+def _model_sentence(run: RunResult) -> str:
+    "What the run is: a network's recipe, the TF-IDF member, or an ensemble's members and how they are combined."
+    c = run.config
+    if 'members' in c:
+        how = ('stacked by per-genre logistic regressions (cross-fitted)' if c.get('stack') else
+               f"averaged with weights {', '.join(f'{w:.2f}' for w in c['member_weights'])}"
+               + (' (tuned, cross-fitted)' if c.get('weights') == 'tuned' else ''))
+        return f"Ensemble of {', '.join(f'`{m}`' for m in c['members'])}, {how}."
+    if c.get('model') == 'tfidf': return f"Model: TF-IDF of the title's character and word n-grams and the year (C={c.get('C')})."
+    return (f"Model: `{c.get('arch')}`, fusion `{c.get('fusion')}`, title input `{c.get('title_input', 'arrays')}`, image size "
+            f"{c.get('image_size')}, {c.get('epochs')} epochs planned.")
+
 def write_report(ev: Evaluation, out_dir) -> Path:
     "Write the tables as CSV and `report.md` (tables, folds used and missing, figures) to `out_dir`; return the report's path."
     out_dir = project_path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,8 +282,7 @@ def write_report(ev: Evaluation, out_dir) -> Path:
 Folds used: {fold_list(run.finished)} of {len(run.finished) + len(run.missing)} ({len(run.ids)} out-of-fold movies). {missing}{differences}
 
 Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fold probabilities; at most
-{run.max_genres} genres per movie, and always the most probable one. Model: `{run.config.get('arch')}`, fusion
-`{run.config.get('fusion')}`, image size {run.config.get('image_size')}, {run.config.get('epochs')} epochs planned.
+{run.max_genres} genres per movie, and always the most probable one. {_model_sentence(run)}
 
 ## Scores: fixed versus tuned thresholds
 
@@ -316,19 +331,21 @@ class EvaluateConfig(FlatConfig):
     reports_dir: str = 'reports'  # the report goes to <reports_dir>/<run_name>/
     measure_tta: bool = False     # measure what flipped-poster averaging buys (predicts every OOF poster twice more)
     device: str = 'auto'          # for measure_tta
+    weights: str = 'equal'        # an ensemble (run_name a,b,...): 'equal', 'tuned' (cross-fitted) or numbers like 0.6,0.4
+    stack: bool = False           # an ensemble: stack the members by per-genre logistic regressions instead
     path_fields = ('runs_dir', 'data_dir', 'reports_dir')
 
 def evaluate_run(run_name: str, runs_dir='runs', metric: str | None = None, data_dir=None, reports_dir='reports',
-                 measure_tta: bool = False, device: str = 'auto') -> Evaluation:
-    "Evaluate run `run_name` into `reports_dir/run_name/` (tables, figures, submission.csv when possible, report.md) and save its thresholds for prediction."
-    run = load_run(run_name, runs_dir, data_dir)
+                 measure_tta: bool = False, device: str = 'auto', weights: str = 'equal', stack: bool = False) -> Evaluation:
+    "Evaluate a run or an ensemble (`a,b`) into `reports_dir/<name>/` (tables, figures, submission.csv when possible, report.md) and save its thresholds for prediction."
+    run = load_any(run_name, runs_dir, data_dir, weights, stack)
     metric = metric or run.config.get('metric', 'macro')
     ev = evaluate(run, metric)
     save_thresholds(run, metric, ev.thresholds)
     ev.files[THRESHOLDS_FILE] = run.run_dir / THRESHOLDS_FILE
-    out_dir = project_path(reports_dir) / run_name
+    out_dir = project_path(reports_dir) / run.name
     ev.files.update(write_figures(ev, out_dir))
-    if measure_tta: ev.tta = tta_comparison(run, metric, device, data_dir)
+    if measure_tta and 'arch' in run.config and 'members' not in run.config: ev.tta = tta_comparison(run, metric, device, data_dir)
     sample_file = project_path(data_dir if data_dir is not None else run.config['data_dir']) / 'sample_submission.csv'
     if run.test_probs is not None and sample_file.is_file():
         ev.files['submission'] = write_submission(run, ev.thresholds, sample_file, out_dir / 'submission.csv')

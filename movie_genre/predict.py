@@ -5,6 +5,7 @@
 # %% ../nbs/06_predict.ipynb #5afb3562
 from __future__ import annotations
 import gzip
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ from .device import Runtime, predict_probs
 from .train import TrainConfig, load_checkpoint
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'WordVectors', 'read_word_vectors', 'as_word_vectors', 'encode_title', 'Predictor', 'input_rows',
-           'predict_files', 'predict_cli']
+__all__ = ['IMAGE_SUFFIXES', 'WordVectors', 'read_word_vectors', 'as_word_vectors', 'encode_title', 'Predictor', 'TfidfPredictor',
+           'EnsemblePredictor', 'load_predictor', 'input_rows', 'predict_files', 'predict_cli']
 
 # %% ../nbs/06_predict.ipynb #e2e15185
 @dataclass
@@ -286,7 +287,7 @@ class Predictor:
         return _results(self, [_prepare(self, poster, title, title_array, year, vectors, no_title)])[0]
 
     def predict_table(self, rows, vectors=None, no_title: bool = False, chunk_size: int = 256,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, report_bad: bool = True) -> pd.DataFrame:
         "Predictions for `rows` (dicts or a DataFrame with poster, title, year, title_array); bad rows get an `error`."
         rows = rows.to_dict('records') if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
         needing_vectors = [] if no_title else [r.get('title') for r in rows if _missing(r.get('title_array'))]
@@ -304,11 +305,110 @@ class Predictor:
                 out += [_table_row(self.genres, results.get(i), row, errors.get(i, '')) for i, row in enumerate(chunk)]
         table = pd.DataFrame(out, columns=list(_table_row(self.genres, None, {})))
         bad = table[table['error'] != '']
-        if len(bad):
+        if len(bad) and report_bad:
             lines = [f'  row {i} ({r.poster}): {r.error}' for i, r in bad.head(10).iterrows()]
             more = [f'  ... and {len(bad) - 10} more'] if len(bad) > 10 else []
             print('\n'.join([f'{len(bad)} of {len(table)} movies could not be predicted:', *lines, *more]))
         return table
+
+# %% ../nbs/06_predict.ipynb #73228efb
+def _result_of(row: pd.Series, genres: list[str]) -> dict:
+    "A `predict` result from one row of a `predict_table`; its error raised."
+    if row['error']: raise ValueError(row['error'])
+    probs = {g: float(row[g]) for g in genres}
+    return dict(poster=row['poster'], title=row['title'], year=row['year'], genres={g: probs[g] for g in row['genres']},
+                probabilities=probs, unknown_words=row['unknown_words'] or [], notes=[n for n in row['notes'].split('; ') if n])
+
+def _decoded_table(rows: list[dict], genres: list[str], probs: np.ndarray, thresholds, max_genres: int, base: pd.DataFrame) -> pd.DataFrame:
+    "`base` (a `predict_table`) with its probabilities replaced by `probs` for the rows without an error, decoded anew."
+    table, good = base.copy(), (base['error'] == '').to_numpy()
+    table.loc[good, genres] = probs[good]
+    chosen = np.zeros(probs.shape, np.int64)
+    if good.any(): chosen[good] = decode(probs[good], thresholds, max_genres)
+    table['genres'] = [[genres[g] for g in np.argsort(-p, kind='stable') if pick[g]] if ok else None
+                       for p, pick, ok in zip(probs, chosen, good)]
+    return table
+
+class TfidfPredictor:
+    "A TF-IDF run's fold models, its thresholds: predictions from titles and years alone."
+    uses_title, uses_title_text, uses_year, default_vectors = False, True, True, None
+
+    def __init__(self, run_name: str, runs_dir='runs', fold: int | None = None, metric: str | None = None):
+        from movie_genre.tfidf import TfidfModel
+        run_dir = project_path(runs_dir) / run_name
+        folds = [fold] if fold is not None else finished_folds(run_dir)
+        states = [load_checkpoint(run_dir / f'fold{k}' / MODEL_FILE) for k in folds]
+        self.models = [TfidfModel.from_state(s['tfidf']) for s in states]
+        self.genres, self.year_fill, self.folds, self.run_dir = list(states[0]['genres']), float(states[0]['year_fill']), folds, run_dir
+        self.max_genres = int(states[0]['config'].get('max_genres', 3))
+        saved = run_thresholds(run_name, runs_dir, metric)
+        self.thresholds, self.metric = np.array([dict(zip(saved['genres'], saved['thresholds']))[g] for g in self.genres]), saved['metric']
+
+    def predict_table(self, rows, vectors=None, no_title: bool = False, progress: bool = True, report_bad: bool = True) -> pd.DataFrame:
+        rows = rows.to_dict('records') if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
+        titles = [None if no_title or _missing(r.get('title')) else str(r.get('title')) for r in rows]
+        years = np.array([self.year_fill if _missing(r.get('year')) else float(r['year']) for r in rows])
+        probs = np.mean([m.predict_proba(titles, years) for m in self.models], axis=0)
+        base = pd.DataFrame([_table_row(self.genres, None, {**r, 'year': y}) for r, y in zip(rows, years)])
+        base['error'], base['notes'], base['unknown_words'] = '', ['no title' if t is None else '' for t in titles], [[] for _ in rows]
+        return _decoded_table(rows, self.genres, probs, self.thresholds, self.max_genres, base)
+
+    def predict(self, poster=None, title: str | None = None, title_array=None, year: float | None = None, vectors=None,
+                no_title: bool = False) -> dict:
+        return _result_of(self.predict_table([dict(poster=poster, title=title, year=year)], no_title=no_title).iloc[0], self.genres)
+
+class EnsemblePredictor:
+    "The members of an ensemble, combined as its evaluation combined them, and its thresholds."
+    def __init__(self, spec: str, runs_dir='runs', weights='equal', stack: bool = False, metric: str | None = None,
+                 device: str = 'auto'):
+        from movie_genre.ensemble import ENSEMBLE_FILE, STACK_FILE, ensemble_dir, member_names, thresholds_for
+        saved = thresholds_for(spec, runs_dir, metric, None, weights, stack)  # tunes (and writes the folder) when needed
+        folder = ensemble_dir(spec, runs_dir, weights, stack)
+        self.how = json.loads((folder / ENSEMBLE_FILE).read_text())
+        self.stack_state = json.loads((folder / STACK_FILE).read_text()) if stack else None
+        self.members = [load_predictor(name, runs_dir, device=device) for name in member_names(spec)]
+        self.genres, self.metric, self.run_dir = self.members[0].genres, saved['metric'], folder
+        self.thresholds = np.array([dict(zip(saved['genres'], saved['thresholds']))[g] for g in self.genres])
+        self.max_genres = 3
+
+    uses_title = property(lambda self: any(m.uses_title for m in self.members))
+    uses_title_text = property(lambda self: any(m.uses_title_text for m in self.members))
+    uses_year = property(lambda self: True)
+    default_vectors = property(lambda self: next((m.default_vectors for m in self.members if m.default_vectors is not None), None))
+    year_fill = property(lambda self: self.members[0].year_fill)
+
+    def predict_table(self, rows, vectors=None, no_title: bool = False, progress: bool = True, report_bad: bool = True) -> pd.DataFrame:
+        from movie_genre.ensemble import apply_stack
+        rows = rows.to_dict('records') if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
+        tables = [m.predict_table(rows, vectors, no_title, progress=progress, report_bad=False) for m in self.members]
+        base = next((t for m, t in zip(self.members, tables) if not isinstance(m, TfidfPredictor)), tables[0]).copy()
+        base['error'] = [next((e for e in errs if e), '') for errs in zip(*(t['error'] for t in tables))]
+        member_probs = [t[self.genres].to_numpy(np.float64) for t in tables]
+        if self.stack_state is not None:
+            probs = apply_stack(self.stack_state, [np.nan_to_num(p, nan=0.5) for p in member_probs], base['year'].to_numpy(np.float64))
+        else: probs = np.tensordot(np.array(self.how['member_weights']), np.stack(member_probs), 1)
+        table = _decoded_table(rows, self.genres, probs, self.thresholds, self.max_genres, base)
+        bad = table[table['error'] != '']
+        if len(bad) and report_bad: print(f'{len(bad)} of {len(table)} movies could not be predicted, e.g. row {bad.index[0]}: {bad.error.iloc[0]}')
+        return table
+
+    def predict(self, poster, title: str | None = None, title_array=None, year: float | None = None, vectors=None,
+                no_title: bool = False) -> dict:
+        row = dict(poster=str(poster), title=title, year=year, title_array=title_array)
+        return _result_of(self.predict_table([row], vectors, no_title, progress=False, report_bad=False).iloc[0], self.genres)
+
+def load_predictor(spec: str, runs_dir='runs', fold: int | None = None, device: str = 'auto', metric: str | None = None,
+                   weights='equal', stack: bool = False):
+    "The predictor of a network run, a TF-IDF run or an ensemble (`a,b,...`)."
+    from movie_genre.ensemble import is_ensemble
+    if is_ensemble(spec) or stack or weights != 'equal':
+        if fold is not None: raise ValueError('fold= picks one fold model of a run, not of an ensemble')
+        return EnsemblePredictor(spec, runs_dir, weights, stack, metric, device)
+    run_dir = project_path(runs_dir) / spec
+    finished = finished_folds(run_dir) if run_dir.is_dir() else []
+    if finished and json.loads((run_dir / f'fold{finished[0]}' / 'config.json').read_text()).get('model') == 'tfidf':
+        return TfidfPredictor(spec, runs_dir, fold, metric)
+    return Predictor.from_run(spec, runs_dir, fold, device, metric=metric)
 
 # %% ../nbs/06_predict.ipynb #972b585c
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
@@ -369,7 +469,7 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
 # %% ../nbs/06_predict.ipynb #e2068bcd
 def predict_cli(args) -> pd.DataFrame:
     "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out, no_title."
-    predictor = Predictor.from_run(args.run_name, args.runs_dir, args.fold, metric=args.metric)
+    predictor = load_predictor(args.run_name, args.runs_dir, args.fold, metric=args.metric, weights=args.weights, stack=args.stack)
     table = predict_files(predictor, args.inputs, args.vectors, args.out, args.title, args.year, args.title_array,
                           args.no_title)
     if len(table) == 1 and not table.error[0]:

@@ -278,3 +278,30 @@ def test_a_title_text_model_predicts_a_new_movie_from_its_title_alone(tmp_path, 
         alone = predictor.predict(poster, movie.title, year=movie.year)  # no vectors, no array: the text still counts
         untitled = predictor.predict(poster, year=movie.year)
         assert alone['probabilities'] != untitled['probabilities'] and 'no title' in untitled['notes'][0]
+
+
+def test_a_tfidf_run_and_ensembles_predict_as_they_were_evaluated(run):
+    from movie_genre.ensemble import load_ensemble
+    from movie_genre.predict import EnsemblePredictor, TfidfPredictor, load_predictor
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    for k in (1, 2): train_tfidf_fold(TfidfConfig(fold=k, folds=2, data_dir=str(run.data), runs_dir=str(run.runs), run_name='t'))
+    movie = run.test.iloc[0]
+    poster, array = run.data / 'test' / f'{movie.id}.jpg', run.data / 'test_w2v' / f'{movie.id}.npy'
+    def written(name):
+        return np.mean([pd.read_csv(run.runs / name / f'fold{k}' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
+                        for k in (1, 2)], axis=0)
+    tfidf = load_predictor('t', run.runs)
+    assert isinstance(tfidf, TfidfPredictor)
+    assert np.allclose(list(tfidf.predict(poster, movie.title, year=movie.year)['probabilities'].values()), written('t'), atol=1e-6)
+    mean = load_predictor('p,t', run.runs)
+    assert isinstance(mean, EnsemblePredictor)
+    result = mean.predict(poster, movie.title, title_array=array, year=movie.year)
+    assert np.allclose(list(result['probabilities'].values()), (written('p') + written('t')) / 2, atol=1e-5)
+    assert 1 <= len(result['genres']) <= 3
+    stacked = load_predictor('p,t', run.runs, stack=True)
+    expected = load_ensemble('p,t', run.runs, stack=True, verbose=False).test_probs.set_index('id').loc[movie.id, DEMO_GENRES]
+    got = stacked.predict(poster, movie.title, title_array=array, year=movie.year)['probabilities']
+    assert np.allclose(list(got.values()), expected, atol=1e-4)
+    args = build_parser().parse_args(['predict', '--run-name', 'p,t', '--stack', '--runs-dir', str(run.runs), str(poster),
+                                      '--title-array', str(array), '--title', movie.title])
+    assert len(predict_cli(args)) == 1
