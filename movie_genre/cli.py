@@ -49,7 +49,7 @@ def check_gpus(gpus: list[str]) -> list[str]:
                              if count else 'no CUDA GPU') + f'; {", ".join(bad)} is not one of them')
     return gpus
 
-# %% ../nbs/07_cli.ipynb #1b035143
+# %% ../nbs/07_cli.ipynb #c0c6c410
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _ERROR_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Busy|Interrupt|Exit)\b.*')
 
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-title', action='store_true', help='predict from the poster (and year) alone')
     p.add_argument('--metric', choices=('macro', 'micro', 'samples'), help="the thresholds' metric (default: the run's own)")
     p.add_argument('--out', help='a CSV to write the predictions to')
+    p.add_argument('--explain', action='store_true', help="also write each poster's Grad-CAM maps for its predicted genres, "
+                   "<poster name>.gradcam.png, beside --out (or in the current folder)")
     p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
     ensemble_options(p)
     p = command('quickstart', 'the README\'s first job', description=

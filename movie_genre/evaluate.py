@@ -25,8 +25,8 @@ from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResu
 
 # %% auto #0
 __all__ = ['FIGURES', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
-           'validate_submission', 'submission_frame', 'write_submission', 'make_submission', 'tta_comparison',
-           'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
+           'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'make_submission',
+           'tta_comparison', 'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
 @dataclass
@@ -106,7 +106,8 @@ def plot_training_curves(summaries: pd.DataFrame, metric: str = 'macro') -> Figu
 # %% ../nbs/04a_evaluation.ipynb #5272646e
 FIGURES = {'confusion_matrices': 'Confusion matrices per genre', 'genre_heatmap': 'Predicted genres of the movies of each true genre',
            'pr_curves': 'Precision-recall curves (tuned thresholds as dots)', 'roc_curves': 'ROC curves',
-           'training_curves': 'Training curves'}
+           'training_curves': 'Training curves', 'saliency': 'What the model sees (Grad-CAM, out-of-fold posters)',
+           'error_gallery': 'Most confident mistakes per genre'}
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches='tight')
@@ -123,6 +124,20 @@ def write_figures(ev: Evaluation, out_dir) -> dict[str, Path]:
                'roc_curves': plot_roc_curves(run.labels, run.probs, run.genres),
                'training_curves': plot_training_curves(run.summaries, ev.metric)}
     return {name: _save(fig, out_dir / f'{name}.png') for name, fig in figures.items()}
+
+# %% ../nbs/04a_evaluation.ipynb #e0561a51
+def write_explanations(ev: Evaluation, out_dir, data_dir=None, device: str = 'auto') -> dict[str, Path]:
+    "Save the error gallery and, for a network run, the Grad-CAM grid of the evaluated run in `out_dir`; return `{name: path}`."
+    from movie_genre.data import load_split
+    from movie_genre.explain import error_gallery, saliency_grid
+    run, out_dir = ev.run, project_path(out_dir)
+    config = run.config
+    data = load_split(data_dir if data_dir is not None else config['data_dir'], 'train', config.get('image_size', 64),
+                      config.get('aspect', 1.5), config.get('on_bad', 'raise'), genres=run.genres)
+    files = {'error_gallery': _save(error_gallery(run, data), out_dir / 'error_gallery.png')}
+    network = 'arch' in config and 'members' not in config and config.get('fusion') != 'title'
+    if network: files['saliency'] = _save(saliency_grid(run, data, device=device), out_dir / 'saliency.png')
+    return files
 
 # %% ../nbs/04a_evaluation.ipynb #e5825c7e
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, max_genres: int = 3) -> None:
@@ -333,10 +348,12 @@ class EvaluateConfig(FlatConfig):
     device: str = 'auto'          # for measure_tta
     weights: str = 'equal'        # an ensemble (run_name a,b,...): 'equal', 'tuned' (cross-fitted) or numbers like 0.6,0.4
     stack: bool = False           # an ensemble: stack the members by per-genre logistic regressions instead
+    explain: bool = True          # draw the Grad-CAM grid (network runs) and the error gallery: reads the run's posters
     path_fields = ('runs_dir', 'data_dir', 'reports_dir')
 
 def evaluate_run(run_name: str, runs_dir='runs', metric: str | None = None, data_dir=None, reports_dir='reports',
-                 measure_tta: bool = False, device: str = 'auto', weights: str = 'equal', stack: bool = False) -> Evaluation:
+                 measure_tta: bool = False, device: str = 'auto', weights: str = 'equal', stack: bool = False,
+                 explain: bool = True) -> Evaluation:
     "Evaluate a run or an ensemble (`a,b`) into `reports_dir/<name>/` (tables, figures, submission.csv when possible, report.md) and save its thresholds for prediction."
     run = load_any(run_name, runs_dir, data_dir, weights, stack)
     metric = metric or run.config.get('metric', 'macro')
@@ -345,6 +362,7 @@ def evaluate_run(run_name: str, runs_dir='runs', metric: str | None = None, data
     ev.files[THRESHOLDS_FILE] = run.run_dir / THRESHOLDS_FILE
     out_dir = project_path(reports_dir) / run.name
     ev.files.update(write_figures(ev, out_dir))
+    if explain: ev.files.update(write_explanations(ev, out_dir, data_dir, device))
     if measure_tta and 'arch' in run.config and 'members' not in run.config: ev.tta = tta_comparison(run, metric, device, data_dir)
     sample_file = project_path(data_dir if data_dir is not None else run.config['data_dir']) / 'sample_submission.csv'
     if run.test_probs is not None and sample_file.is_file():

@@ -286,6 +286,21 @@ class Predictor:
         vectors = _word_vectors(self, vectors, [title]) if _missing(title_array) and not no_title else None
         return _results(self, [_prepare(self, poster, title, title_array, year, vectors, no_title)])[0]
 
+    def explain(self, poster, title: str | None = None, title_array=None, year: float | None = None, vectors=None,
+                no_title: bool = False, genres: list[str] | None = None):
+        "A figure of the poster and its Grad-CAM map for each of `genres` (default: its predicted ones), averaged over the fold models."
+        from movie_genre.explain import gradcam, cam_layer
+        cam_layer(self.models[0])  # a clear error for a model without a poster network
+        vectors = _word_vectors(self, vectors, [title]) if _missing(title_array) and not no_title else None
+        item = _prepare(self, poster, title, title_array, year, vectors, no_title)
+        result = _results(self, [item])[0]
+        genres = genres or list(result['genres'])
+        data = MovieData(pd.DataFrame({'id': [0], 'title': [item['title_text']]}), item['image'][None], item['title_array'][None],
+                         title_lengths(item['title_array'][None]), np.array([item['year']], np.float32), None, self.genres)
+        batch = MovieDataset(data, transform=None, text_buckets=self.config.text_buckets if self.uses_title_text else None).batch([0])
+        runtime = Runtime(self.runtime.device, None, False)
+        maps = {g: np.mean([gradcam(m, batch, self.genres.index(g), runtime)[0] for m in self.models], axis=0) for g in genres}
+        return _explanation_figure(item['image'], maps, result, Path(poster).name), result
     def predict_table(self, rows, vectors=None, no_title: bool = False, chunk_size: int = 256,
                       progress: bool = True, report_bad: bool = True) -> pd.DataFrame:
         "Predictions for `rows` (dicts or a DataFrame with poster, title, year, title_array); bad rows get an `error`."
@@ -311,7 +326,7 @@ class Predictor:
             print('\n'.join([f'{len(bad)} of {len(table)} movies could not be predicted:', *lines, *more]))
         return table
 
-# %% ../nbs/06_predict.ipynb #73228efb
+# %% ../nbs/06_predict.ipynb #def300e7
 def _result_of(row: pd.Series, genres: list[str]) -> dict:
     "A `predict` result from one row of a `predict_table`; its error raised."
     if row['error']: raise ValueError(row['error'])
@@ -439,9 +454,28 @@ def input_rows(inputs) -> pd.DataFrame:
         table[column] = [None if p is None else str(inputs.parent / Path(str(p)).expanduser()) for p in table[column]]
     return table[['poster', 'title', 'year', 'title_array']]
 
+def _explanation_figure(image: np.ndarray, maps: dict, result: dict, name: str):
+    "The poster, then its Grad-CAM map for each genre, with the genre's probability."
+    import matplotlib.pyplot as plt
+    from movie_genre.explain import _overlay
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 3.4), squeeze=False)
+    _overlay(axes[0, 0], image, None, name)
+    for ax, (genre, cam) in zip(axes[0, 1:], maps.items()): _overlay(ax, image, cam, f"{genre} {result['probabilities'][genre]:.2f}")
+    fig.suptitle('Where the poster network finds each predicted genre (Grad-CAM)', fontsize=10)
+    fig.tight_layout()
+    return fig
+
+def _explainer(predictor):
+    "The network predictor that can draw Grad-CAM maps for `predictor` (an ensemble's first network member)."
+    if isinstance(predictor, Predictor): return predictor
+    network = [m for m in getattr(predictor, 'members', []) if isinstance(m, Predictor)]
+    if not network: raise ValueError('this run has no poster network (a TF-IDF run): there is no map to draw')
+    return network[0]
+
 def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: str | None = None,
-                  year: float | None = None, title_array=None, no_title: bool = False, progress: bool = True) -> pd.DataFrame:
-    "Predict a poster file, folders of posters or CSVs of rows (one path or a list); write the table to the CSV `out` when given."
+                  year: float | None = None, title_array=None, no_title: bool = False, progress: bool = True,
+                  explain_dir=None) -> pd.DataFrame:
+    "Predict a poster file, folders of posters or CSVs of rows (one path or a list); write the table to the CSV `out` when given; with `explain_dir`, a Grad-CAM figure per poster there."
     paths = [Path(p).expanduser() for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     if not paths: raise ValueError('no input: give a poster, a folder of posters or a CSV file')
     if len(paths) == 1 and _is_poster_file(paths[0]):
@@ -460,24 +494,43 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
                              f'pass vectors= (a word2vec or GloVe file), or no_title=True to predict from the posters alone')
         rows = pd.concat([input_rows(p) for p in paths], ignore_index=True)
         table = predictor.predict_table(rows, vectors, no_title, progress=progress)
+    if explain_dir is not None: table['explanation'] = _write_explanations(predictor, table, paths, explain_dir, vectors, no_title, title_array)
     if out is not None:
         out = Path(out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
     return table
 
+def _write_explanations(predictor, table: pd.DataFrame, paths, folder, vectors, no_title, title_array) -> list:
+    "`<poster name>.gradcam.png` in `folder` for every predicted row of `table`; their paths (None for rows with an error)."
+    import matplotlib.pyplot as plt
+    explainer, folder, written = _explainer(predictor), Path(folder).expanduser(), []
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    if len(paths) == 1 and _is_poster_file(paths[0]): arrays[str(paths[0])] = title_array
+    else: arrays = {r['poster']: r['title_array'] for r in pd.concat([input_rows(p) for p in paths]).to_dict('records')}
+    for row in table.itertuples():
+        if row.error: written.append(None); continue
+        fig, _ = explainer.explain(row.poster, row.title, arrays.get(row.poster), row.year, vectors, no_title, list(row.genres))
+        path = folder / f'{Path(row.poster).stem}.gradcam.png'
+        fig.savefig(path, dpi=110, bbox_inches='tight'); plt.close(fig)
+        written.append(str(path))
+    return written
+
 # %% ../nbs/06_predict.ipynb #e2068bcd
 def predict_cli(args) -> pd.DataFrame:
     "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out, no_title."
     predictor = load_predictor(args.run_name, args.runs_dir, args.fold, metric=args.metric, weights=args.weights, stack=args.stack)
+    explain_dir = (Path(args.out).parent if args.out else Path.cwd()) if args.explain else None
     table = predict_files(predictor, args.inputs, args.vectors, args.out, args.title, args.year, args.title_array,
-                          args.no_title)
+                          args.no_title, explain_dir=explain_dir)
     if len(table) == 1 and not table.error[0]:
         row = table.iloc[0]
         print(f'{row.poster}: ' + ', '.join(f'{g} ({row[g]:.2f})' for g in row.genres))
         if row.unknown_words: print('  words without a vector:', ' '.join(row.unknown_words))
         if row.notes: print('  note:', row.notes)
         print(f'  (thresholds tuned for {predictor.metric} F1)')
+        if args.explain: print(f'  Grad-CAM maps: {row.explanation}')
     elif args.out is None: print(table[['poster', 'title', 'genres', 'error']].to_string(index=False))
     if args.out is not None: print(f'{len(table)} predictions written to {args.out}')
     return table

@@ -80,6 +80,9 @@ def test_submit_and_predict_write_where_the_user_stands(run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     table = pd.read_csv(here / 'pred.csv')
     assert table.title[0] == 'love heart' and 'the file name' in table.notes[0]  # the title from the file name, as a folder's
+    r = cli('predict', '--run-name', 'c', '--runs-dir', tmp / 'runs', 'love_heart.jpg', '--explain', cwd=here, env=env)
+    assert r.returncode == 0 and 'Grad-CAM maps:' in r.stdout, r.stderr[-2000:]
+    assert (here / 'love_heart.gradcam.png').stat().st_size > 5000
     (data / 'word_vectors.txt').rename(tmp_path / 'away.txt')  # the demo set's vectors, which predict finds by itself
     try:
         r = cli('predict', '--run-name', 'c', '--runs-dir', tmp / 'runs', 'love_heart.jpg', '--title', 'Love', cwd=here, env=env)
