@@ -49,7 +49,7 @@ def check_gpus(gpus: list[str]) -> list[str]:
                              if count else 'no CUDA GPU') + f'; {", ".join(bad)} is not one of them')
     return gpus
 
-# %% ../nbs/07_cli.ipynb #c0c6c410
+# %% ../nbs/07_cli.ipynb #2989d8f9
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _ERROR_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Busy|Interrupt|Exit)\b.*')
 
@@ -210,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "<poster name>.gradcam.png, beside --out (or in the current folder)")
     p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
     ensemble_options(p)
+    p = command('compare', 'put runs side by side into reports/compare/ (nbs/05b_compare.ipynb): honest scores, per-genre F1 and '
+                'AP, cost, the settings in which they differ, two figures')
+    p.add_argument('runs', nargs='+', help='runs to compare; an ensemble is written a,b')
+    p.add_argument('--metric', choices=('macro', 'micro', 'samples'), default='macro', help='the F1 the cross-fitted thresholds are tuned for')
+    p.add_argument('--out', default=None, help='the folder to write (default: the project\'s reports/compare/)')
+    p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
+    p = command('runs', 'list the runs: kind, folds finished, status, and the cross-fitted scores of their last evaluation')
+    p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
     p = command('quickstart', 'the README\'s first job', description=
                 'Writes the synthetic demo set into data/ when data/ has no train.csv, trains fold 1 of the run through '
                 'nbs/04_train.ipynb, then evaluates it into reports/<run>/.')
@@ -264,6 +272,16 @@ def _run(args, parser):
         for name in ('title_array', 'vectors', 'out', 'runs_dir'): setattr(args, name, _here(getattr(args, name)))
         args.inputs, args.runs_dir = [_here(p) for p in args.inputs], args.runs_dir or 'runs'
         predict_cli(args)
+    elif args.command == 'compare':
+        out = _here(args.out) or str(project_path('reports') / 'compare')
+        params = dict(runs=' '.join(args.runs), metric=args.metric, runs_dir=_here(args.runs_dir) or 'runs', out_dir=out)
+        run_notebook('05b_compare.ipynb', Path(out) / '05b_compare.ipynb', params)
+        print(pd.read_csv(Path(out) / 'comparison.csv', index_col=0).round(4).to_string())
+        print(f'comparison: {Path(out) / "comparison.md"}')
+    elif args.command == 'runs':
+        from movie_genre.compare import list_runs
+        table = list_runs(_here(args.runs_dir) or 'runs')
+        print(table.round(4).to_string() if len(table) else 'no runs yet')
     elif args.command == 'quickstart':
         quickstart(args.run_name)
 

@@ -105,3 +105,23 @@ def test_help_lists_the_parameters():
                            ('quickstart', ('trains fold 1',))):
         out = cli(command, '--help').stdout
         assert all(name in out for name in names), (command, out)
+
+
+def test_compare_and_runs(tmp_path):
+    from movie_genre.data import load_split
+    from movie_genre.demo import make_fake_run
+    env = {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, 'MOVIE_GENRE_CACHE': str(tmp_path / 'cache')}
+    data_dir = make_demo(tmp_path / 'data', n_train=60, n_test=8)
+    os.environ['MOVIE_GENRE_CACHE'] = env['MOVIE_GENRE_CACHE']
+    try: data, test = load_split(data_dir, 'train', image_size=32), load_split(data_dir, 'test', image_size=32)
+    finally: del os.environ['MOVIE_GENRE_CACHE']
+    for name, extra in (('one', {}), ('two', {'width': 48}), ('elsewhere', {'fold_seed': 7})):
+        make_fake_run(data, test, name, tmp_path / 'runs', data_dir, folds=(1, 2, 3), seed=len(name), arch='resnet', **extra)
+    r = cli('compare', 'one', 'two', 'one,two', '--runs-dir', 'runs', '--out', 'cmp', cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {'comparison.csv', 'genres.csv', 'settings.csv', 'genre_f1.png', 'curves.png', 'comparison.md'} <= {p.name for p in (tmp_path / 'cmp').iterdir()}
+    assert list(pd.read_csv(tmp_path / 'cmp' / 'comparison.csv')['run']) == ['one', 'two', 'one+two']
+    warned = cli('compare', 'one', 'elsewhere', '--runs-dir', 'runs', '--out', 'cmp2', cwd=tmp_path, env=env)
+    assert warned.returncode == 0 and 'another split' in (tmp_path / 'cmp2' / 'comparison.md').read_text()
+    listed = cli('runs', '--runs-dir', 'runs', cwd=tmp_path, env=env)
+    assert listed.returncode == 0 and all(n in listed.stdout for n in ('one', 'two', 'elsewhere', 'complete'))
