@@ -49,7 +49,7 @@ def check_gpus(gpus: list[str]) -> list[str]:
                              if count else 'no CUDA GPU') + f'; {", ".join(bad)} is not one of them')
     return gpus
 
-# %% ../nbs/07_cli.ipynb #2989d8f9
+# %% ../nbs/07_cli.ipynb #cd67c3e7
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _ERROR_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Busy|Interrupt|Exit)\b.*')
 
@@ -318,3 +318,6 @@ def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports
     if table.loc[1, 'status'] not in ('trained', 'finished'):
         raise RuntimeError(f'fold 1 of {run_name} did not train ({table.loc[1, "status"]}): nothing to evaluate')
     evaluate_command({'run_name': run_name, 'runs_dir': paths['runs_dir'], 'reports_dir': paths['reports_dir']})
+
+# %% ../nbs/07_cli.ipynb #67f10583
+if __name__ == '__main__': main()  # `python -m movie_genre.cli`, where the console script is not installed (a bare GPU box)
