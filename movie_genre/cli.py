@@ -49,7 +49,7 @@ def check_gpus(gpus: list[str]) -> list[str]:
                              if count else 'no CUDA GPU') + f'; {", ".join(bad)} is not one of them')
     return gpus
 
-# %% ../nbs/07_cli.ipynb #cd67c3e7
+# %% ../nbs/07_cli.ipynb #6186c117
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _ERROR_LINE = re.compile(r'^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Busy|Interrupt|Exit)\b.*')
 
@@ -76,7 +76,6 @@ def _run_fold(fold: int, params: dict, gpu: str | None) -> str | None:
                '--log-output', '--no-progress-bar', '-y', yaml.safe_dump({**params, 'fold': fold})]
     env = {**os.environ, **({'CUDA_VISIBLE_DEVICES': gpu} if gpu is not None else {})}
     env.pop('IN_TEST', None)  # nbdev's test flag would turn the fold into the notebook's tiny self-test
-    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # idle OpenMP threads sleep instead of spinning against the loader
     with open(log, 'w') as f, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:  # all of it to the log; the per-epoch lines (no progress bars) to the console too
             f.write(line)
@@ -319,5 +318,5 @@ def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports
         raise RuntimeError(f'fold 1 of {run_name} did not train ({table.loc[1, "status"]}): nothing to evaluate')
     evaluate_command({'run_name': run_name, 'runs_dir': paths['runs_dir'], 'reports_dir': paths['reports_dir']})
 
-# %% ../nbs/07_cli.ipynb #67f10583
+# %% ../nbs/07_cli.ipynb #508a7dfe
 if __name__ == '__main__': main()  # `python -m movie_genre.cli`, where the console script is not installed (a bare GPU box)

@@ -166,3 +166,19 @@ def test_the_training_notebook_config_cell_runs_again_in_a_live_kernel(tmp_path,
     shell.run_all(nb, exc_stop=True)
     out = shell.run('epochs = 3\ncfg = TrainConfig.from_notebook(globals(), _before_parameters)\nprint(cfg.epochs, type(result).__name__)')
     assert '3 dict' in str(out) and 'Error' not in str(out), out
+
+
+def test_the_evaluation_parameters_cell_holds_the_config_defaults():
+    from movie_genre.evaluate import EvaluateConfig
+    tree = ast.parse(parameters_cell(ROOT / 'nbs' / '05_evaluate.ipynb'))
+    values = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
+    assert values == {f.name: f.default for f in fields(EvaluateConfig)}
+
+
+def test_importing_the_package_lets_idle_threads_sleep():
+    "OMP_WAIT_POLICY=PASSIVE before torch starts its threads, unless the user set it."
+    code = 'import os, movie_genre, torch; print(os.environ["OMP_WAIT_POLICY"])'
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env).stdout.strip() == 'PASSIVE'
+    env['OMP_WAIT_POLICY'] = 'ACTIVE'
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env).stdout.strip() == 'ACTIVE'
