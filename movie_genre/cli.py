@@ -319,4 +319,6 @@ def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports
     evaluate_command({'run_name': run_name, 'runs_dir': paths['runs_dir'], 'reports_dir': paths['reports_dir']})
 
 # %% ../nbs/07_cli.ipynb #508a7dfe
-if __name__ == '__main__': main()  # `python -m movie_genre.cli`, where the console script is not installed (a bare GPU box)
+# `python -m movie_genre.cli`, where the console script is not installed (a bare GPU box); a notebook's kernel
+# is also named '__main__', so it is told apart by IPython's `get_ipython` in its namespace
+if __name__ == '__main__' and 'get_ipython' not in globals(): main()

@@ -36,6 +36,15 @@ def cli(*args, cwd=ROOT, env=None):
     return subprocess.run([BIN / 'movie-genre', *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env)
 
 
+def test_python_m_runs_the_command_line_and_importing_it_runs_nothing(tmp_path):
+    "`python -m movie_genre.cli` is the command where no console script is installed; a notebook importing it runs nothing."
+    r = subprocess.run([sys.executable, '-m', 'movie_genre.cli', 'runs', '--runs-dir', tmp_path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    code = "import runpy, sys; sys.argv = ['kernel', '--nonsense']; get_ipython = None; runpy.run_module('movie_genre.cli', {'get_ipython': get_ipython}, '__main__'); print('ok')"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)  # a kernel is named '__main__' too
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr
+
+
 def test_demo_refuses_a_folder_that_holds_data(tmp_path):
     (tmp_path / 'kaggle').mkdir()
     (tmp_path / 'kaggle' / 'train.csv').write_text('id,path\n1,x\n')

@@ -243,10 +243,10 @@ def test_test_ids_must_be_those_of_sample_submission(demo):
             load(demo, 'test', on_bad=on_bad)
         message = str(error.value)
         assert f'1 id(s) of {demo / "sample_submission.csv"} are not in {demo / "test.csv"}: {test.id[0]}' in message
-    assert 'row 0 (id 999999): id not in sample_submission.csv' in message
+    assert 'row 0 (line 2, id 999999): id not in sample_submission.csv' in message
     extra = pd.concat([test, renamed.iloc[[0]]], ignore_index=True)  # every submission id, and one more
     extra.to_csv(demo / 'test.csv', index=False)
-    with pytest.raises(DataError, match='row 6 \\(id 999999\\): id not in sample_submission.csv'):
+    with pytest.raises(DataError, match='row 6 \\(line 8, id 999999\\): id not in sample_submission.csv'):
         load(demo, 'test')
     assert load(demo, 'test', on_bad='skip').ids.tolist() == test.id.tolist()
 
