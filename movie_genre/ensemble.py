@@ -100,7 +100,7 @@ def _combined(runs: list[RunResult], probs: np.ndarray, test: np.ndarray | None,
     digest = ensemble_digest([r.digest for r in runs], how.get('weights', 'equal'), how['stack'])
     test_probs = None if test is None else pd.concat([first.test_probs[['id']], pd.DataFrame(test, columns=first.genres)], axis=1)
     summaries = pd.concat([r.summaries.assign(fold=r.summaries['fold'].map(lambda k: f'{r.name} {k}')) for r in runs], ignore_index=True)
-    config = {**first.config, 'members': [r.name for r in runs], **how}
+    config = {**first.config, 'members': [r.name for r in runs], 'optimistic': any(r.optimistic for r in runs), **how}
     return replace(first, name=name, run_dir=project_path(runs_dir) / ENSEMBLES_DIR / name, config=config, probs=probs,
                    test_probs=test_probs, test_folds=sorted(set.intersection(*(set(r.test_folds) for r in runs))),
                    summaries=summaries, digest=digest, config_differences=[])

@@ -52,10 +52,6 @@ def cross_fitted_predictions(run: RunResult, metric: str = 'macro') -> np.ndarra
         pred[here] = decode(run.probs[here], thresholds, run.max_genres)
     return pred
 
-def _optimistic(run: RunResult) -> bool:
-    "Whether the run's folds chose their weights by their validation F1 (best epoch, or early stopping)."
-    return run.config.get('select', 'best') == 'best' or run.config.get('patience', 0) > 0
-
 def _fold_table(run: RunResult, predictions: np.ndarray, metric: str) -> pd.DataFrame:
     rows = []
     for k in run.finished:
@@ -81,13 +77,16 @@ def evaluate(run: RunResult, metric: str = 'macro') -> Evaluation:
 
 # %% ../nbs/04a_evaluation.ipynb #e37a02ce
 def plot_training_curves(summaries: pd.DataFrame, metric: str = 'macro') -> Figure:
-    "Train loss, valid loss and valid `metric` F1 per epoch, one line per fold (best epoch marked)."
-    missing = {'epoch', 'fold', 'train_loss', 'valid_loss', f'f1_{metric}'} - set(summaries.columns)
+    "Train loss, valid loss and valid `metric` F1 per epoch, one line per fold (best epoch marked); the loss panels where recorded."
+    missing = {'epoch', 'fold', f'f1_{metric}'} - set(summaries.columns)
     if missing: raise ValueError(f'summaries lack the column(s) {sorted(missing)}')
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout='constrained')
+    panels = [(column, title) for column, title in [('train_loss', 'training loss'), ('valid_loss', 'validation loss'),
+                                                    (f'f1_{metric}', f'validation {metric} F1')]
+              if column in summaries and summaries[column].notna().any()]  # a TF-IDF member records no losses
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), layout='constrained', squeeze=False)
+    axes = axes[0]
     folds = sorted(summaries['fold'].unique())
     colours = dict(zip(folds, distinct_colours(len(folds))))
-    panels = [('train_loss', 'training loss'), ('valid_loss', 'validation loss'), (f'f1_{metric}', f'validation {metric} F1')]
     for ax, (column, title) in zip(axes, panels):
         for k in folds:
             rows = summaries[summaries['fold'] == k]
@@ -98,8 +97,8 @@ def plot_training_curves(summaries: pd.DataFrame, metric: str = 'macro') -> Figu
         ax.set(title=title, xlabel='epoch', ylabel=title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[2].plot([], [], 'o', ms=9, mfc='none', mew=2, color='grey', label='best epoch')
-    axes[2].legend(fontsize=9, loc='best')
+    axes[-1].plot([], [], 'o', ms=9, mfc='none', mew=2, color='grey', label='best epoch')
+    axes[-1].legend(fontsize=9, loc='best')
     fig.suptitle(f'Training curves ({len(folds)} folds)', fontsize=13)
     return fig
 
@@ -123,6 +122,7 @@ def write_figures(ev: Evaluation, out_dir) -> dict[str, Path]:
                'pr_curves': plot_pr_curves(run.labels, run.probs, run.genres, ev.thresholds),
                'roc_curves': plot_roc_curves(run.labels, run.probs, run.genres),
                'training_curves': plot_training_curves(run.summaries, ev.metric)}
+    if run.summaries.groupby('fold').size().max() < 2: figures.pop('training_curves')  # fitted once: no curve to draw
     return {name: _save(fig, out_dir / f'{name}.png') for name, fig in figures.items()}
 
 # %% ../nbs/04a_evaluation.ipynb #e0561a51
@@ -257,7 +257,12 @@ def _tta_sentence(ev: Evaluation) -> str:
             f'(each with its own tuned thresholds).\n\n{markdown_table(ev.tta)}')
 
 def _weights_sentence(run: RunResult) -> str:
-    if not _optimistic(run): return 'Each fold predicts with its final epoch (`select=\'last\'`, no early stopping): nothing that chose the weights looked at the out-of-fold movies.'
+    if not run.optimistic:
+        how = ("every member's folds predict with weights chosen without their validation movies (a network's final epoch, "
+               'a TF-IDF model fitted once)') if 'members' in run.config else (
+              'each fold is fitted once' if run.config.get('model') == 'tfidf' else
+              "each fold predicts with its final epoch (`select='last'`, no early stopping)")
+        return f'Nothing that chose the weights looked at the out-of-fold movies: {how}.'
     return ('**These scores are optimistic**: each fold chose its weights by its validation F1 (`select=\'best\'` or `patience` > 0), '
             'on the very movies it is scored on here, so unseen movies will score lower. Train with `select=\'last\'` and '
             '`patience=0` (the defaults) for an honest estimate.')
@@ -302,7 +307,7 @@ Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fol
 ## Scores: fixed versus tuned thresholds
 
 The `tuned` row is scored on the movies its thresholds were tuned on; `tuned, cross-fitted` decodes
-each fold with thresholds tuned on the other folds{', the honest estimate for unseen movies' if not _optimistic(run) else ''}.
+each fold with thresholds tuned on the other folds{', the honest estimate for unseen movies' if not run.optimistic else ''}.
 
 {_weights_sentence(run)}
 

@@ -151,6 +151,14 @@ class RunResult:
     @property
     def max_genres(self) -> int: return int(self.config.get('max_genres', 3))
 
+    @property
+    def optimistic(self) -> bool:
+        "Whether its folds chose their weights by validation F1 (best epoch or early stopping): then its OOF scores are optimistic."
+        c = self.config
+        if 'optimistic' in c: return bool(c['optimistic'])  # an ensemble records whether any member did
+        if c.get('model') == 'tfidf': return False  # fitted once per fold: nothing is chosen
+        return c.get('select', 'best') == 'best' or c.get('patience', 0) > 0  # runs from before `select` kept the best epoch
+
     def describe(self) -> str:
         "One paragraph: which folds were used and which are missing."
         n_folds = len(self.finished) + len(self.missing)

@@ -32,3 +32,23 @@ def test_a_run_that_skipped_bad_rows_is_evaluated_and_submitted(tmp_path, capsys
     sub, sample = pd.read_csv(out), pd.read_csv(data / 'sample_submission.csv')
     validate_submission(sub, sample)
     assert bad_test in sub['id'].tolist() and 'skipped as bad rows' in capsys.readouterr().out
+
+
+def test_a_tfidf_run_and_its_ensembles_are_reported_as_honest(tmp_path):
+    "A TF-IDF member chooses nothing on its validation movies: no 'optimistic' warning, and no training curve to draw."
+    from movie_genre.ensemble import load_any
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = make_demo(tmp_path / 'data', n_train=64, n_test=8), tmp_path / 'runs'
+    for k in (1, 2):
+        train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name='t', folds=2, fold=k))
+        train_fold(TrainConfig(data_dir=str(data), runs_dir=str(runs), run_name='n', folds=2, fold=k, epochs=1, image_size=32))
+        train_fold(TrainConfig(data_dir=str(data), runs_dir=str(runs), run_name='best', folds=2, fold=k, epochs=2, image_size=32,
+                               select='best'))
+    ev = evaluate_run('t', runs, reports_dir=tmp_path / 'reports', explain=False)
+    report = (tmp_path / 'reports' / 't' / 'report.md').read_text()
+    assert not ev.run.optimistic and 'optimistic' not in report and 'each fold is fitted once' in report
+    assert 'training_curves' not in ev.files and 'Training curves' not in report
+    assert not load_any('t,n', runs, verbose=False).optimistic  # the first member's config no longer decides
+    assert load_any('t,best', runs, verbose=False).optimistic and load_any('n,best', runs, verbose=False).optimistic
+    evaluate_run('t,best', runs, reports_dir=tmp_path / 'reports', explain=False)
+    assert '**These scores are optimistic**' in (tmp_path / 'reports' / 't+best' / 'report.md').read_text()
