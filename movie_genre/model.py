@@ -47,6 +47,7 @@ class ModelConfig(FlatConfig):
     title_input: str = 'arrays'  # 'arrays' (the word-vector arrays), 'text' (hashed n-grams of the title), 'both'
     text_buckets: int = 65536    # rows of the hashed n-gram embedding table (title_input 'text' or 'both')
     text_dim: int = 32           # width of an n-gram embedding
+    text_dropout: float = 0.5    # share of a title's n-grams dropped at random in training: without it the bag memorises titles
     use_year: bool = True        # the release year as one more modality (with any fusion)
     dropout: float = 0.3         # before the last layer of the classifier head
     title_dropout: float = 0.2   # at the end of the title branch
@@ -63,7 +64,7 @@ class ModelConfig(FlatConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, not {value!r}')
         if self.width % 2: raise ValueError(f'width must be even (the stem starts at width/2), not {self.width}')
-        for name in ('dropout', 'title_dropout'):
+        for name in ('dropout', 'title_dropout', 'text_dropout'):
             if not 0 <= getattr(self, name) < 1: raise ValueError(f'{name} must be in [0, 1), not {getattr(self, name)!r}')
         if self.arch == 'seed': self._apply_seed_settings()
 
@@ -204,18 +205,22 @@ class ConvTitle(nn.Module):
         title = title.masked_fill(~token_mask(title, lengths)[..., None], 0)
         return self.pool(F.relu(self.conv(title.transpose(1, 2))).transpose(1, 2), lengths)
 
-# %% ../nbs/02_model.ipynb #b6e30f83
+# %% ../nbs/02_model.ipynb #5eb61afe
 class TextTitle(nn.Module):
     "The mean embedding of a title's hashed n-grams `(B, K)` (id `buckets` is padding), layer norm, then Linear-ReLU-dropout."
-    def __init__(self, buckets: int, dim: int = 32, hidden: int = 128, dropout: float = 0.2):
+    def __init__(self, buckets: int, dim: int = 32, hidden: int = 128, dropout: float = 0.2, ngram_dropout: float = 0.0):
         super().__init__()
+        self.buckets, self.ngram_dropout = buckets, ngram_dropout
         self.bag = nn.EmbeddingBag(buckets + 1, dim, mode='mean', padding_idx=buckets)
         nn.init.normal_(self.bag.weight, std=0.1)
         with torch.no_grad(): self.bag.weight[buckets] = 0
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.out_dim = hidden
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor: return self.mlp(self.bag(ids))
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.training and self.ngram_dropout > 0:  # drop n-grams (to padding), so that no title is learnt by heart
+            ids = ids.masked_fill(torch.rand(ids.shape, device=ids.device) < self.ngram_dropout, self.buckets)
+        return self.mlp(self.bag(ids))
 
 # %% ../nbs/02_model.ipynb #c8ab18a1
 YEAR_CENTRE, YEAR_SCALE = 2000.0, 25.0
@@ -294,7 +299,7 @@ def build_model(cfg: ModelConfig, n_genres: int, title_len: int, title_dim: int)
     image = None
     if cfg.fusion != 'title': image = SeedCNN() if cfg.arch == 'seed' else ResNetD(cfg.width, cfg.stage_depths)
     title = _title_encoder(cfg, title_len, title_dim) if cfg.fusion != 'image' and cfg.title_input != 'text' else None
-    text = TextTitle(cfg.text_buckets, cfg.text_dim, cfg.hidden, cfg.title_dropout) if cfg.uses_title_text else None
+    text = TextTitle(cfg.text_buckets, cfg.text_dim, cfg.hidden, cfg.title_dropout, cfg.text_dropout) if cfg.uses_title_text else None
     year = YearEncoder() if cfg.use_year else None
     dims = [m.out_dim for m in (image, title, text, year) if m is not None]
     fusion = GatedFusion(dims, cfg.hidden) if cfg.fusion == 'gmu' else ConcatFusion(dims)
