@@ -18,8 +18,8 @@ from .metrics import distinct_colours
 from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, lock_holder, run_path
 
 # %% auto #0
-__all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'compare_runs', 'plot_genre_f1', 'plot_curves',
-           'CompareConfig', 'list_runs']
+__all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'compare_runs', 'plot_genre_f1', 'has_curve',
+           'plot_curves', 'CompareConfig', 'list_runs']
 
 # %% ../nbs/05a_comparison.ipynb #e68bd5f5
 IGNORED_SETTINGS = {'run_name', 'fold', 'runs_dir', 'reports_dir', 'data_dir', 'overwrite', 'device', 'num_workers', 'threads'}
@@ -45,11 +45,12 @@ def setting_differences(runs: list[RunResult]) -> pd.DataFrame:
 
 # %% ../nbs/05a_comparison.ipynb #9943be82
 def _cost(run: RunResult) -> dict:
-    "Epochs per fold, training minutes and median images/s from the run's (or its members') summaries."
+    "Epochs per fold, training minutes and median images/s from the run's summaries; an ensemble's minutes are its members' sum."
     s = run.summaries
     if not len(s) or 'seconds' not in s: return {}
-    epochs = s.groupby('fold')['epoch'].max().mean()
-    return {'epochs': float(epochs), 'train_minutes': float(s['seconds'].sum() / 60),
+    minutes = float(s['seconds'].sum() / 60)
+    if 'members' in run.config: return {'train_minutes': minutes}  # its members' epochs and speeds need not be alike
+    return {'epochs': float(s.groupby('fold')['epoch'].max().mean()), 'train_minutes': minutes,
             'images_per_s': float(s['images_per_s'].median()) if 'images_per_s' in s else np.nan}
 
 def compare_runs(names: list[str], runs_dir='runs', out_dir='reports/compare', metric: str = 'macro', data_dir=None) -> dict:
@@ -114,16 +115,24 @@ def plot_genre_f1(per_genre: pd.DataFrame):
     ax.grid(axis='y', alpha=0.3); ax.legend(fontsize=9)
     return fig
 
+def has_curve(run: RunResult, metric: str = 'macro') -> bool:
+    "Whether `run` trained over epochs: an ensemble (its summaries are its members') and a run fitted once have no curve."
+    s = run.summaries
+    return 'members' not in run.config and f'f1_{metric}' in s and len(s) > 0 and s.groupby('fold').size().max() > 1
+
 def plot_curves(runs: list[RunResult], metric: str = 'macro'):
     "Each run's validation F1 (`metric`, thresholds tuned on the fold) per epoch, the mean over its folds."
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout='constrained')
     for run, colour in zip(runs, distinct_colours(len(runs))):
+        if not has_curve(run, metric): continue
         s = run.summaries
-        if not len(s) or f'f1_{metric}' not in s: continue
         curve = s.groupby('epoch')[f'f1_{metric}'].mean()
         ax.plot(curve.index, curve.to_numpy(), marker='.', color=colour, label=f'{run.name} ({s["fold"].nunique()} folds)')
-    ax.set(xlabel='epoch', ylabel=f'validation {metric} F1 (mean over folds)', title=f'Validation {metric} F1 per epoch')
-    ax.grid(alpha=0.3); ax.legend(fontsize=9)
+    left_out = [run.name for run in runs if not has_curve(run, metric)]
+    ax.set(xlabel='epoch', ylabel=f'validation {metric} F1 (mean over folds)', title=f'Validation {metric} F1 per epoch'
+           + (f'\n(no curve: {", ".join(left_out)}, an ensemble or fitted once)' if left_out else ''))
+    ax.grid(alpha=0.3)
+    if len(left_out) < len(runs): ax.legend(fontsize=9)
     return fig
 
 # %% ../nbs/05a_comparison.ipynb #0a3330d3
