@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataError, project_path, project_root
-from .runs import (CONFIG_FILE, LOGS_DIR, SUMMARY_FILE, FoldBusy, finished_folds, lock_holder, run_path)
+from .runs import (CONFIG_FILE, LOGS_DIR, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, lock_holder, run_path)
 from .train import CheckpointError, TrainConfig
 
 # %% auto #0
@@ -93,7 +93,8 @@ def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs') -> pd.Da
         used = s.loc[s[f'f1_{cfg.metric}'].idxmax()] if cfg.select == 'best' else s.iloc[-1]
         rows.append({'fold': k, 'epoch': int(used['epoch']), 'epochs': len(s), 'f1_micro': used['f1_micro'],
                      'f1_macro': used['f1_macro'], 'f1_samples': used['f1_samples'], 'minutes': s['seconds'].sum() / 60,
-                     'weights': 'best epoch (optimistic)' if cfg.optimistic else 'last epoch'})
+                     'weights': ('best epoch (optimistic)' if cfg.select == 'best' else 'early stop (optimistic)')
+                                if chose_by_validation(cfg.select, cfg.epochs, len(s)) else 'last epoch'})
     return pd.DataFrame(rows).set_index('fold')
 
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None) -> pd.DataFrame:

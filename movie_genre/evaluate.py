@@ -263,7 +263,7 @@ def _weights_sentence(run: RunResult) -> str:
               'each fold is fitted once' if run.config.get('model') == 'tfidf' else
               "each fold predicts with its final epoch (`select='last'`, no early stopping)")
         return f'Nothing that chose the weights looked at the out-of-fold movies: {how}.'
-    return ('**These scores are optimistic**: each fold chose its weights by its validation F1 (`select=\'best\'` or `patience` > 0), '
+    return ('**These scores are optimistic**: a fold chose its weights by its validation F1 (`select=\'best\'`, or an early stop by `patience`), '
             'on the very movies it is scored on here, so unseen movies will score lower. Train with `select=\'last\'` and '
             '`patience=0` (the defaults) for an honest estimate.')
 

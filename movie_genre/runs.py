@@ -26,7 +26,8 @@ from .metrics import tune_thresholds
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
            'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'write_atomic', 'run_path', 'load_or_make_folds',
            'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock',
-           'RunResult', 'fold_list', 'skipped_ids', 'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
+           'RunResult', 'fold_list', 'chose_by_validation', 'skipped_ids', 'load_run', 'saved_thresholds',
+           'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
@@ -153,11 +154,12 @@ class RunResult:
 
     @property
     def optimistic(self) -> bool:
-        "Whether its folds chose their weights by validation F1 (best epoch or early stopping): then its OOF scores are optimistic."
+        "Whether a fold chose its weights on its validation movies (`chose_by_validation`): then its OOF scores are optimistic."
         c = self.config
         if 'optimistic' in c: return bool(c['optimistic'])  # an ensemble records whether any member did
         if c.get('model') == 'tfidf': return False  # fitted once per fold: nothing is chosen
-        return c.get('select', 'best') == 'best' or c.get('patience', 0) > 0  # runs from before `select` kept the best epoch
+        epochs_run = self.summaries.groupby('fold').size() if len(self.summaries) else pd.Series(dtype=int)
+        return any(chose_by_validation(c.get('select', 'best'), c.get('epochs', n), n) for n in epochs_run)
 
     def describe(self) -> str:
         "One paragraph: which folds were used and which are missing."
@@ -170,6 +172,10 @@ class RunResult:
         return text
 
 def fold_list(folds) -> str: return ', '.join(map(str, folds)) or 'none'
+
+def chose_by_validation(select: str, epochs: int, epochs_run: int) -> bool:
+    "Whether a fold's weights were chosen on its validation movies: its best epoch (`select='best'`), or an early stop that fired."
+    return select == 'best' or epochs_run < epochs  # runs from before `select` (no key) kept the best epoch
 
 # %% ../nbs/03a_runs.ipynb #028e3189
 def _read_probs(path: Path, genres: list[str] | None = None) -> pd.DataFrame:

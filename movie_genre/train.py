@@ -25,7 +25,7 @@ from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
-from .runs import (CONFIG_FILE, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE,
+from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE,
                               TEST_FILE, fold_lock, load_or_make_folds, write_atomic)
 
 # %% auto #0
@@ -86,11 +86,6 @@ class TrainConfig(ModelConfig):
         if self.epochs < 1 or self.batch_size < 1: raise ValueError('epochs and batch_size must be positive')
         if self.patience < 0: raise ValueError(f'patience must be 0 (no early stopping) or more, not {self.patience}')
         if self.threads < 0: raise ValueError(f'threads must be 0 (every core) or more, not {self.threads}')
-
-    @property
-    def optimistic(self) -> bool:
-        "Whether the fold's weights are chosen by looking at its validation movies (best epoch or early stopping)."
-        return self.select == 'best' or self.patience > 0
 
     @property
     def fold_dir(self) -> Path: return project_path(self.runs_dir) / self.run_name / f'fold{self.fold}'
@@ -339,5 +334,5 @@ def _result(cfg: TrainConfig, rows: list[dict], epoch: int) -> dict:
     "The fold's scores at the epoch (0-based) it predicts with."
     used = rows[epoch]
     return {'fold': cfg.fold, 'epoch': int(used['epoch']), 'epochs_run': len(rows), 'select': cfg.select,
-            'optimistic': cfg.optimistic, **{k: used[k] for k in ('f1_micro', 'f1_macro', 'f1_samples', 'valid_loss')},
+            'optimistic': chose_by_validation(cfg.select, cfg.epochs, len(rows)), **{k: used[k] for k in ('f1_micro', 'f1_macro', 'f1_samples', 'valid_loss')},
             'fold_dir': str(cfg.fold_dir)}

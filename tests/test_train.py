@@ -186,3 +186,7 @@ def test_the_final_epoch_predicts_unless_asked_otherwise(demo, tmp_path):
     rows = summary(best)
     assert result['optimistic'] and result['epoch'] == rows.loc[rows['f1_macro'].idxmax(), 'epoch']
     assert load_checkpoint(best.fold_dir / 'model.pt')['epoch'] == result['epoch'] - 1
+    from movie_genre.cli import fold_table
+    patient = tiny(demo, tmp_path, run_name='patient', epochs=3, patience=10)  # patience that never fires chooses nothing
+    assert not train_fold(patient)['optimistic'] and fold_table('patient', [1], patient.runs_dir).loc[1, 'weights'] == 'last epoch'
+    assert fold_table('best', [1], best.runs_dir).loc[1, 'weights'] == 'best epoch (optimistic)'
