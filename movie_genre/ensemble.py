@@ -13,13 +13,14 @@ import numpy as np
 import pandas as pd
 
 from .data import project_path, read_years
-from .runs import (CONFIG_FILE, FOLDS_FILE, RunResult, finished_folds, load_run, oof_digest, run_path,
+from .runs import (CONFIG_FILE, FOLDS_FILE, RunResult, finished_folds, fold_list, load_run, mean_test_probs, oof_digest, run_path,
                               run_thresholds, save_thresholds, saved_thresholds, write_atomic)
 
 # %% auto #0
 __all__ = ['ENSEMBLES_DIR', 'ENSEMBLE_FILE', 'STACK_FILE', 'STACK_C', 'member_names', 'is_ensemble', 'ensemble_name',
            'parse_weights', 'load_members', 'tune_weights', 'ensemble_digest', 'blend_runs', 'stack_runs',
-           'apply_stack', 'load_ensemble', 'save_ensemble', 'load_any', 'ensemble_dir', 'thresholds_for']
+           'apply_stack', 'load_ensemble', 'save_ensemble', 'load_any', 'ensemble_dir', 'thresholds_for',
+           'common_folds']
 
 # %% ../nbs/04b_ensemble.ipynb #b2d306d8
 ENSEMBLES_DIR, ENSEMBLE_FILE, STACK_FILE = 'ensembles', 'ensemble.json', 'stack.json'
@@ -64,13 +65,18 @@ def load_members(names: list[str], runs_dir='runs', data_dir=None) -> list[RunRe
     return [_restricted(r, common, first.genres) for r in runs]
 
 def _restricted(run: RunResult, folds: list[int], genres: list[str]) -> RunResult:
-    "`run` with only the movies of `folds`, sorted by id, genre columns in the order `genres`."
+    "`run` with only the movies and models of `folds` (out of fold and test alike), sorted by id, genre columns in the order `genres`."
     keep = np.isin(run.fold_of, folds)
     order = np.argsort(run.ids[keep], kind='stable')
     cols = [run.genres.index(g) for g in genres]
-    test = None if run.test_probs is None else run.test_probs[['id', *genres]].sort_values('id', ignore_index=True)
+    test, test_folds = mean_test_probs(run.run_dir, folds, run.genres)  # the models the OOF scores speak for, no others
+    test = None if test is None else test[['id', *genres]].sort_values('id', ignore_index=True)
+    left_out = [k for k in run.finished if k not in folds]
     return replace(run, genres=list(genres), finished=list(folds), ids=run.ids[keep][order], fold_of=run.fold_of[keep][order],
                    labels=run.labels[keep][order][:, cols], probs=run.probs[keep][order][:, cols], test_probs=test,
+                   test_folds=test_folds, summaries=run.summaries[run.summaries['fold'].isin(folds)],
+                   missing=sorted(run.missing + left_out),
+                   missing_status={**run.missing_status, **{k: 'finished, but not by every member' for k in left_out}},
                    digest=oof_digest(run.run_dir, folds))
 
 # %% ../nbs/04b_ensemble.ipynb #3668735f
@@ -105,10 +111,17 @@ def _combined(runs: list[RunResult], probs: np.ndarray, test: np.ndarray | None,
                    test_probs=test_probs, test_folds=sorted(set.intersection(*(set(r.test_folds) for r in runs))),
                    summaries=summaries, digest=digest, config_differences=[])
 
+def _need_two_folds(run: RunResult, what: str):
+    "Cross-fitting fits on the other folds: with one common fold there are none."
+    if len(run.finished) < 2:
+        raise ValueError(f'{what} needs at least 2 folds that every member finished (to stay cross-fitted); the members share only '
+                         f'fold {fold_list(run.finished)}: train more folds of them, or average them with equal weights')
+
 def blend_runs(runs: list[RunResult], weights='equal', runs_dir='runs') -> RunResult:
     "The weighted mean of the members; tuned weights are cross-fitted for the out-of-fold probabilities (see above)."
     weights = parse_weights(weights, len(runs))
     probs, first = [r.probs for r in runs], runs[0]
+    if weights == 'tuned': _need_two_folds(first, 'tuned weights')
     tests = [r.test_probs for r in runs]
     has_test = all(t is not None for t in tests) and all(t['id'].equals(tests[0]['id']) for t in tests)
     if weights == 'tuned':
@@ -142,6 +155,7 @@ def _stack_probs(models: list, X: np.ndarray) -> np.ndarray: return np.stack([m.
 def stack_runs(runs: list[RunResult], runs_dir='runs', data_dir=None, C: float = STACK_C) -> RunResult:
     "The members stacked by per-genre logistic regressions, cross-fitted over the folds (see above); the final ones saved for prediction."
     first = runs[0]
+    _need_two_folds(first, 'stacking')
     data_dir = data_dir if data_dir is not None else first.config['data_dir']
     year, fill = read_years(data_dir, 'train', first.ids)
     X = _stack_features([r.probs for r in runs], year)
@@ -202,16 +216,16 @@ def thresholds_for(spec: str, runs_dir='runs', metric: str | None = None, data_d
     if not (is_ensemble(spec) or stack or weights != 'equal'): return run_thresholds(spec, runs_dir, metric, data_dir)
     from movie_genre.metrics import tune_thresholds
     names = member_names(spec)
-    digests = [oof_digest(run_path(n, runs_dir), _common_folds(names, runs_dir)) for n in names]
+    digests = [oof_digest(run_path(n, runs_dir), common_folds(names, runs_dir)) for n in names]
     weights = parse_weights(weights, len(names))
     folder = ensemble_dir(spec, runs_dir, weights, stack)
-    metric = metric or json.loads((run_path(names[0], runs_dir) / f'fold{_common_folds(names, runs_dir)[0]}' / CONFIG_FILE).read_text()).get('metric', 'macro')
+    metric = metric or json.loads((run_path(names[0], runs_dir) / f'fold{common_folds(names, runs_dir)[0]}' / CONFIG_FILE).read_text()).get('metric', 'macro')
     saved = saved_thresholds(folder).get(metric)
-    if saved and saved.get('oof_digest') == ensemble_digest(digests, weights, stack): return saved
+    if saved and saved.get('oof_digest') == ensemble_digest(digests, 'stacked' if stack else weights, stack): return saved  # as `_combined` keys it
     ensemble = load_ensemble(spec, runs_dir, data_dir, weights, stack, verbose=False)
     return save_thresholds(ensemble, metric, tune_thresholds(ensemble.labels, ensemble.probs, metric, ensemble.max_genres))
 
-def _common_folds(names: list[str], runs_dir) -> list[int]:
+def common_folds(names: list[str], runs_dir) -> list[int]:
     common = sorted(set.intersection(*(set(finished_folds(run_path(n, runs_dir))) for n in names)))
     if not common: raise ValueError(f'the runs {", ".join(names)} have no finished fold in common')
     return common

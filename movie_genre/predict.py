@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .data import (WORD_VECTORS_FILE, MovieData, MovieDataset, eval_transforms, make_loader, poster_shape, project_path,
                               read_poster, title_lengths, tokenize)
 from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
-from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, run_thresholds
+from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, fold_list, run_thresholds
 from .metrics import decode
 from .model import build_model
 from .device import Runtime, predict_probs
@@ -28,7 +28,7 @@ from .train import TrainConfig, load_checkpoint
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'WordVectors', 'read_word_vectors', 'as_word_vectors', 'encode_title', 'Predictor', 'TfidfPredictor',
-           'EnsemblePredictor', 'load_predictor', 'input_rows', 'predict_files', 'predict_cli']
+           'EnsemblePredictor', 'chosen_folds', 'load_predictor', 'input_rows', 'predict_files', 'predict_cli']
 
 # %% ../nbs/06_predict.ipynb #e2e15185
 @dataclass
@@ -232,18 +232,11 @@ class Predictor:
     run_dir: Path
 
     @classmethod
-    def from_run(cls, run_name: str, runs_dir='runs', fold: int | None = None, device: str = 'auto',
+    def from_run(cls, run_name: str, runs_dir='runs', fold: int | list[int] | None = None, device: str = 'auto',
                  runtime: Runtime | None = None, metric: str | None = None) -> Predictor:
-        "The ensemble of the finished folds of `runs_dir/run_name` (or its fold `fold` alone), on `device` in the run's precision (or `runtime`)."
+        "The ensemble of the finished folds of `runs_dir/run_name` (or fold `fold` alone, or folds `fold`), on `device` in the run's precision (or `runtime`)."
         run_dir = project_path(runs_dir) / run_name
-        if not run_dir.is_dir(): raise FileNotFoundError(f'no run {run_name!r}: {run_dir} does not exist')
-        finished = finished_folds(run_dir)
-        if not finished:
-            raise FileNotFoundError(f'run {run_name!r} has no finished fold: no fold folder of {run_dir} has both '
-                                    f'{MODEL_FILE} and oof.csv (train one, or wait for one to finish)')
-        if fold is not None and fold not in finished:
-            raise FileNotFoundError(f'fold {fold} of run {run_name!r} is not finished; the finished folds are {finished}')
-        folds = [fold] if fold is not None else finished
+        folds = chosen_folds(run_name, run_dir, fold)
         models, recipe = [], None
         for k in folds:
             state = load_checkpoint(run_dir / f'fold{k}' / MODEL_FILE)
@@ -348,10 +341,10 @@ class TfidfPredictor:
     "A TF-IDF run's fold models, its thresholds: predictions from titles and years alone."
     uses_title, uses_title_text, uses_year, default_vectors = False, True, True, None
 
-    def __init__(self, run_name: str, runs_dir='runs', fold: int | None = None, metric: str | None = None):
+    def __init__(self, run_name: str, runs_dir='runs', fold: int | list[int] | None = None, metric: str | None = None):
         from movie_genre.tfidf import TfidfModel
         run_dir = project_path(runs_dir) / run_name
-        folds = [fold] if fold is not None else finished_folds(run_dir)
+        folds = chosen_folds(run_name, run_dir, fold)
         states = [load_checkpoint(run_dir / f'fold{k}' / MODEL_FILE) for k in folds]
         self.models = [TfidfModel.from_state(s['tfidf']) for s in states]
         self.genres, self.year_fill, self.folds, self.run_dir = list(states[0]['genres']), float(states[0]['year_fill']), folds, run_dir
@@ -376,12 +369,14 @@ class EnsemblePredictor:
     "The members of an ensemble, combined as its evaluation combined them, and its thresholds."
     def __init__(self, spec: str, runs_dir='runs', weights='equal', stack: bool = False, metric: str | None = None,
                  device: str = 'auto'):
-        from movie_genre.ensemble import ENSEMBLE_FILE, STACK_FILE, ensemble_dir, member_names, thresholds_for
+        from movie_genre.ensemble import ENSEMBLE_FILE, STACK_FILE, common_folds, ensemble_dir, member_names, thresholds_for
         saved = thresholds_for(spec, runs_dir, metric, None, weights, stack)  # tunes (and writes the folder) when needed
         folder = ensemble_dir(spec, runs_dir, weights, stack)
         self.how = json.loads((folder / ENSEMBLE_FILE).read_text())
         self.stack_state = json.loads((folder / STACK_FILE).read_text()) if stack else None
-        self.members = [load_predictor(name, runs_dir, device=device) for name in member_names(spec)]
+        names = member_names(spec)
+        common = common_folds(names, runs_dir)  # the fold models its evaluation combined, no others
+        self.members = [load_predictor(name, runs_dir, common, device=device) for name in names]
         self.genres, self.metric, self.run_dir = self.members[0].genres, saved['metric'], folder
         self.thresholds = np.array([dict(zip(saved['genres'], saved['thresholds']))[g] for g in self.genres])
         self.max_genres = 3
@@ -412,7 +407,19 @@ class EnsemblePredictor:
         row = dict(poster=str(poster), title=title, year=year, title_array=title_array)
         return _result_of(self.predict_table([row], vectors, no_title, progress=False, report_bad=False).iloc[0], self.genres)
 
-def load_predictor(spec: str, runs_dir='runs', fold: int | None = None, device: str = 'auto', metric: str | None = None,
+def chosen_folds(run_name: str, run_dir: Path, fold: int | list[int] | None) -> list[int]:
+    "The fold models to predict with: every finished fold, or fold `fold`, or folds `fold`; each must be finished."
+    if not run_dir.is_dir(): raise FileNotFoundError(f'no run {run_name!r}: {run_dir} does not exist')
+    finished = finished_folds(run_dir)
+    if not finished:
+        raise FileNotFoundError(f'run {run_name!r} has no finished fold: no fold folder of {run_dir} has both '
+                                f'{MODEL_FILE} and oof.csv (train one, or wait for one to finish)')
+    folds = finished if fold is None else [fold] if isinstance(fold, int) else list(fold)
+    unfinished = [k for k in folds if k not in finished]
+    if unfinished: raise FileNotFoundError(f'fold {fold_list(unfinished)} of run {run_name!r} is not finished; the finished folds are {finished}')
+    return folds
+
+def load_predictor(spec: str, runs_dir='runs', fold: int | list[int] | None = None, device: str = 'auto', metric: str | None = None,
                    weights='equal', stack: bool = False):
     "The predictor of a network run, a TF-IDF run or an ensemble (`a,b,...`)."
     from movie_genre.ensemble import is_ensemble

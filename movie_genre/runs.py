@@ -26,8 +26,8 @@ from .metrics import tune_thresholds
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
            'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'write_atomic', 'run_path', 'load_or_make_folds',
            'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock',
-           'RunResult', 'fold_list', 'chose_by_validation', 'skipped_ids', 'load_run', 'saved_thresholds',
-           'save_thresholds', 'run_thresholds']
+           'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'load_run',
+           'saved_thresholds', 'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
@@ -186,14 +186,16 @@ def _read_probs(path: Path, genres: list[str] | None = None) -> pd.DataFrame:
         raise ValueError(f'{path} has the genre columns {list(table.columns[1:])}, other folds have {genres}')
     return table
 
-def _mean_test_probs(run_dir: Path, finished: list[int], genres: list[str]) -> tuple[pd.DataFrame | None, list[int]]:
+def mean_test_probs(run_dir: Path, finished: list[int], genres: list[str]) -> tuple[pd.DataFrame | None, list[int]]:
     "The mean of the finished folds' test_probs.csv (rows in the first one's id order), and the folds that had one."
     tables = {k: _read_probs(run_dir / f'fold{k}' / TEST_FILE, genres) for k in finished if (run_dir / f'fold{k}' / TEST_FILE).is_file()}
     if not tables: return None, []
-    first = next(iter(tables.values()))
+    (first_fold, first), = list(tables.items())[:1]
     for k, table in tables.items():
-        if set(table['id']) != set(first['id']) or not table['id'].is_unique:
-            raise ValueError(f'{run_dir}/fold{k}/{TEST_FILE} predicts other movies than the other folds: was it made on other data?')
+        if not table['id'].is_unique: raise ValueError(f'{run_dir}/fold{k}/{TEST_FILE} has repeated ids: is it damaged?')
+        if set(table['id']) != set(first['id']):
+            raise ValueError(f'{run_dir}/fold{k}/{TEST_FILE} and fold{first_fold}/{TEST_FILE} predict different movies: was one '
+                             f'made on other data? Retrain that fold (-p overwrite True)')
     mean = np.mean([t.set_index('id').loc[first['id'], genres].to_numpy() for t in tables.values()], axis=0)
     return pd.concat([first[['id']], pd.DataFrame(mean, columns=genres)], axis=1), list(tables)
 
@@ -232,7 +234,7 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
     ids = oof['id'].to_numpy(np.int64)
     labels = read_labels(data_dir if data_dir is not None else config['data_dir'], ids, genres)
     summaries = pd.concat([pd.read_csv(run_dir / f'fold{k}' / SUMMARY_FILE).assign(fold=k) for k in finished], ignore_index=True)
-    test_probs, test_folds = _mean_test_probs(run_dir, finished, genres)
+    test_probs, test_folds = mean_test_probs(run_dir, finished, genres)
     run = RunResult(run_name, run_dir, config, genres, finished, missing, {k: fold_status(run_dir / f'fold{k}') for k in missing},
                     ids, oof['fold'].to_numpy(), labels, oof[genres].to_numpy(np.float64), summaries, test_probs, test_folds, differences,
                     oof_digest(run_dir, finished), skipped_ids(run_dir, 'test', finished))

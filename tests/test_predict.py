@@ -305,3 +305,10 @@ def test_a_tfidf_run_and_ensembles_predict_as_they_were_evaluated(run):
     args = build_parser().parse_args(['predict', '--run-name', 'p,t', '--stack', '--runs-dir', str(run.runs), str(poster),
                                       '--title-array', str(array), '--title', movie.title])
     assert len(predict_cli(args)) == 1
+    train_tfidf_fold(TfidfConfig(fold=1, folds=2, data_dir=str(run.data), runs_dir=str(run.runs), run_name='t1'))
+    def fold1(name): return pd.read_csv(run.runs / name / 'fold1' / 'test_probs.csv').set_index('id').loc[movie.id, DEMO_GENRES]
+    partial = load_predictor('p,t1', run.runs)  # the members share fold 1 only: p's fold 2 is no part of the ensemble
+    got = partial.predict(poster, movie.title, title_array=array, year=movie.year)['probabilities']
+    assert np.allclose(list(got.values()), (fold1('p') + fold1('t1')) / 2, atol=1e-5)
+    assert np.allclose(load_ensemble('p,t1', run.runs, verbose=False).test_probs.set_index('id').loc[movie.id, DEMO_GENRES],
+                       (fold1('p') + fold1('t1')) / 2)
