@@ -301,6 +301,9 @@ def evaluate_command(params: dict):
     run_notebook('05_evaluate.ipynb', reports / '05_evaluate.ipynb', params)
     scores = pd.read_csv(reports / 'scores.csv', index_col=0)
     print(scores.loc[[r for r in ('tuned', 'tuned, cross-fitted') if r in scores.index]].round(4).to_string())
+    if 'tuned, cross-fitted' not in scores.index:
+        from movie_genre.evaluate import IN_SAMPLE
+        print(f'({IN_SAMPLE})')
     print(f'report: {reports / "report.md"}')
 
 def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports_dir='reports'):

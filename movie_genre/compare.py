@@ -18,8 +18,8 @@ from .metrics import distinct_colours
 from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, lock_holder, run_path
 
 # %% auto #0
-__all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'compare_runs', 'plot_genre_f1', 'has_curve',
-           'plot_curves', 'CompareConfig', 'list_runs']
+__all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'estimate_kind', 'compare_runs', 'plot_genre_f1',
+           'has_curve', 'plot_curves', 'CompareConfig', 'list_runs']
 
 # %% ../nbs/05a_comparison.ipynb #e68bd5f5
 IGNORED_SETTINGS = {'run_name', 'fold', 'runs_dir', 'reports_dir', 'data_dir', 'overwrite', 'device', 'num_workers', 'threads'}
@@ -53,6 +53,11 @@ def _cost(run: RunResult) -> dict:
     return {'epochs': float(s.groupby('fold')['epoch'].max().mean()), 'train_minutes': minutes,
             'images_per_s': float(s['images_per_s'].median()) if 'images_per_s' in s else np.nan}
 
+def estimate_kind(run: RunResult) -> str:
+    "What a run's headline scores are: honest (`cross-fitted`), or why not."
+    if len(run.finished) < 2: return 'in sample (one fold: thresholds tuned on its movies)'
+    return 'optimistic (weights chosen on validation)' if run.optimistic else 'cross-fitted'
+
 def compare_runs(names: list[str], runs_dir='runs', out_dir='reports/compare', metric: str = 'macro', data_dir=None) -> dict:
     "Compare runs (or ensembles `a,b`) into `out_dir`: tables as CSV, two figures and `comparison.md`; returns the tables and files."
     runs = [load_any(n, runs_dir, data_dir, verbose=False) for n in names]
@@ -64,7 +69,7 @@ def compare_runs(names: list[str], runs_dir='runs', out_dir='reports/compare', m
         crossed = ev.scores.loc['tuned, cross-fitted'] if 'tuned, cross-fitted' in ev.scores.index else ev.scores.loc['tuned']
         total = len(run.finished) + len(run.missing)
         rows.append({'run': run.name, 'micro': crossed['micro'], 'macro': crossed['macro'], 'samples': crossed['samples'],
-                     'folds': f'{len(run.finished)} of {total}', **_cost(run)})
+                     'estimate': estimate_kind(run), 'folds': f'{len(run.finished)} of {total}', **_cost(run)})
         genres.append(ev.genre_scores[['f1', 'ap']].assign(run=run.name).reset_index())
     table = pd.DataFrame(rows).set_index('run')
     per_genre = pd.concat(genres, ignore_index=True)
@@ -80,7 +85,9 @@ def compare_runs(names: list[str], runs_dir='runs', out_dir='reports/compare', m
 {warning}
 
 Pooled out-of-fold F1 with cross-fitted thresholds tuned for **{metric} F1** (each fold decoded
-with thresholds tuned on the other folds); training minutes summed over the folds.
+with thresholds tuned on the other folds), where the `estimate` column says `cross-fitted`; a run
+of one fold can only be scored in sample, and a run that chose its weights on its validation movies
+is optimistic: neither ranks fairly against the others. Training minutes summed over the folds.
 
 {markdown_table(table)}
 

@@ -24,7 +24,7 @@ from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResu
                               save_thresholds)
 
 # %% auto #0
-__all__ = ['FIGURES', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
+__all__ = ['FIGURES', 'IN_SAMPLE', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
            'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'make_submission',
            'tta_comparison', 'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
 
@@ -256,6 +256,14 @@ def _tta_sentence(ev: Evaluation) -> str:
     return (f'{text} On the out-of-fold movies, flipping {verdict}: {ev.metric} F1 {gain:+.4f} '
             f'(each with its own tuned thresholds).\n\n{markdown_table(ev.tta)}')
 
+IN_SAMPLE = ('with one fold there is no cross-fitted row: its thresholds were tuned on the movies they are scored on '
+             '(in sample, optimistic); train a second fold for an honest estimate')
+
+def _tuned_sentence(run: RunResult) -> str:
+    if len(run.finished) < 2: return f'The `tuned` row is scored on the movies its thresholds were tuned on: {IN_SAMPLE}.'
+    return ("The `tuned` row is scored on the movies its thresholds were tuned on; `tuned, cross-fitted` decodes each fold "
+            f"with thresholds tuned on the other folds{', the honest estimate for unseen movies' if not run.optimistic else ''}.")
+
 def _weights_sentence(run: RunResult) -> str:
     if not run.optimistic:
         how = ("every member's folds predict with weights chosen without their validation movies (a network's final epoch, "
@@ -306,8 +314,7 @@ Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fol
 
 ## Scores: fixed versus tuned thresholds
 
-The `tuned` row is scored on the movies its thresholds were tuned on; `tuned, cross-fitted` decodes
-each fold with thresholds tuned on the other folds{', the honest estimate for unseen movies' if not run.optimistic else ''}.
+{_tuned_sentence(run)}
 
 {_weights_sentence(run)}
 

@@ -52,3 +52,16 @@ def test_a_tfidf_run_and_its_ensembles_are_reported_as_honest(tmp_path):
     assert load_any('t,best', runs, verbose=False).optimistic and load_any('n,best', runs, verbose=False).optimistic
     evaluate_run('t,best', runs, reports_dir=tmp_path / 'reports', explain=False)
     assert '**These scores are optimistic**' in (tmp_path / 'reports' / 't+best' / 'report.md').read_text()
+
+
+def test_a_one_fold_run_is_reported_as_scored_in_sample(tmp_path, capsys):
+    "With one fold no threshold can be cross-fitted: the report and the console say its score is in sample, not honest."
+    from movie_genre.cli import evaluate_command
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = make_demo(tmp_path / 'data', n_train=48, n_test=6), tmp_path / 'runs'
+    train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name='one', folds=2, fold=1))
+    ev = evaluate_run('one', runs, reports_dir=tmp_path / 'reports', explain=False)
+    report = (tmp_path / 'reports' / 'one' / 'report.md').read_text()
+    assert 'tuned, cross-fitted' not in ev.scores.index and 'no cross-fitted row' in report and 'the honest estimate for unseen' not in report
+    evaluate_command({'run_name': 'one', 'runs_dir': str(runs), 'reports_dir': str(tmp_path / 'reports'), 'explain': False})
+    assert 'in sample' in capsys.readouterr().out
