@@ -142,7 +142,8 @@ def test_driver_keeps_every_attempt_and_types_its_parameters(demo, tmp_path):
 def test_ctrl_c_stops_the_driver_and_the_fold_resumes(demo, tmp_path):
     args = ['train', '--run-name', 'cc', '--folds', '1-3', *tiny_params(demo, tmp_path), '-p', 'epochs', '8']
     proc = subprocess.Popen([BIN / 'movie-genre', *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache')), start_new_session=True)
+                            text=True, env=clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache')), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's background job ignores it
     lines = []
     for line in proc.stdout:  # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after fold 1's epoch 2
         lines.append(line)
