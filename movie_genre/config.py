@@ -65,9 +65,10 @@ class FlatConfig:
 
     @classmethod
     def from_notebook(cls, namespace: dict, before: set):
-        "The config of a notebook's parameters: the plain values in `namespace` defined since the names `before`."
-        return cls.from_dict({name: value for name, value in namespace.items()
-                              if name not in before and not name.startswith('_') and isinstance(value, PLAIN_TYPES)})
+        "The config of a notebook's parameters: its fields' plain values in `namespace`, and any other plain value defined since the names `before`."
+        own = set(cls.parameters())  # a second Run All in a live kernel finds them in `before` already
+        return cls.from_dict({name: value for name, value in namespace.items() if (name in own or name not in before)
+                              and not name.startswith('_') and isinstance(value, PLAIN_TYPES)})
 
     @classmethod
     def from_command_line(cls, pairs, cwd=None) -> dict:

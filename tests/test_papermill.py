@@ -167,6 +167,15 @@ def test_the_training_notebook_config_cell_runs_again_in_a_live_kernel(tmp_path,
     shell.run_all(nb, exc_stop=True)
     out = shell.run('epochs = 3\ncfg = TrainConfig.from_notebook(globals(), _before_parameters)\nprint(cfg.epochs, type(result).__name__)')
     assert '3 dict' in str(out) and 'Error' not in str(out), out
+    # a second Run All of the first cells, with the parameters cell edited: the edit counts, not the defaults
+    code = [''.join(c.source) for c in nb.cells if c.cell_type == 'code']
+    snapshot = next(c for c in code if '_before_parameters = set(globals())' in c)
+    config_cell = next(c for c in code if 'from_notebook(globals(), _before_parameters)' in c)
+    params = parameters_cell()
+    assert 'lr = 3e-3' in params
+    for cell in (snapshot, params.replace('lr = 3e-3', 'lr = 0.001'), config_cell): shell.run(cell)
+    out = shell.run('print(cfg.lr)')
+    assert '0.001' in str(out), out
 
 
 def test_the_evaluation_parameters_cell_holds_the_config_defaults():
