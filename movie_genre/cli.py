@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataError, project_path, project_root
-from .runs import (CONFIG_FILE, LOGS_DIR, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, lock_holder, run_path)
+from .runs import (CONFIG_FILE, FOLDS_FILE, LOGS_DIR, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, fold_list,
+                              lock_holder, run_path)
 from .train import CheckpointError, TrainConfig
 
 # %% auto #0
 __all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'train_folds', 'cli_words',
-           'ensemble_options', 'build_parser', 'run_notebook', 'main', 'evaluate_command', 'quickstart']
+           'ensemble_options', 'build_parser', 'run_notebook', 'main', 'folds_to_train', 'evaluate_command',
+           'quickstart']
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', choices=('network', 'tfidf'), default='network',
                    help='a network (the papermill notebook), or the TF-IDF title member (in this process, a minute a fold)')
     p.add_argument('--run-name', required=True, help='the run folder runs/<name>/')
-    p.add_argument('--folds', type=parse_folds, help='e.g. 1-8 or 1,3 (default: all folds of the run)')
+    p.add_argument('--folds', type=parse_folds, help="e.g. 1-8 or 1,3 (default: every fold of the run's split; of -p folds for a new run)")
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a training parameter (repeatable)')
     p.add_argument('--gpus', help='comma-separated GPU ids: one fold per GPU at a time')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
@@ -243,6 +245,16 @@ def main(argv=None):
     except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, RuntimeError, FoldBusy, CheckpointError) as e:
         parser.exit(2, f'movie-genre {args.command}: error: {cli_words(str(e))}\n')
 
+def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
+    "The folds `train` trains: `folds`, else every fold of the run's split (`params` get its number), else of `-p folds`; in range."
+    if 'fold' in params: raise ValueError('-p fold is the training notebook\'s own parameter: the command takes --folds (e.g. --folds 3 or 1-8)')
+    split = run_path(params.get('run_name', 'demo'), params.get('runs_dir', 'runs')) / FOLDS_FILE
+    if split.is_file() and 'folds' not in params: params['folds'] = int(pd.read_csv(split, usecols=['fold'])['fold'].nunique())
+    n = config.from_dict({**params, 'fold': 1}).folds
+    bad = [k for k in folds or [] if not 1 <= k <= n]
+    if bad: raise ValueError(f'fold {fold_list(bad)} out of range: the run has folds 1 to {n}')
+    return folds or list(range(1, n + 1))
+
 def _command_line_params(config, pairs, parser, **fixed) -> dict:
     "`-p` pairs as typed values of `config` plus `fixed`; a bad name or value is a usage error."
     try: return {**config.from_command_line(pairs), **fixed}
@@ -255,10 +267,10 @@ def _run(args, parser):
     elif args.command == 'train' and args.model == 'tfidf':
         from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
         params = _command_line_params(TfidfConfig, args.param, parser, run_name=args.run_name)
-        for fold in args.folds or range(1, TfidfConfig.from_dict(params).folds + 1): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
+        for fold in folds_to_train(TfidfConfig, params, args.folds): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
     elif args.command == 'train':
         params = _command_line_params(TrainConfig, args.param, parser, run_name=args.run_name)
-        table = train_folds(params, args.folds, check_gpus(args.gpus.split(',')) if args.gpus else None)
+        table = train_folds(params, folds_to_train(TrainConfig, params, args.folds), check_gpus(args.gpus.split(',')) if args.gpus else None)
         if (table['status'] == 'failed').any(): sys.exit(1)
     elif args.command == 'evaluate':
         from movie_genre.evaluate import EvaluateConfig

@@ -134,3 +134,17 @@ def test_compare_and_runs(tmp_path):
     assert warned.returncode == 0 and 'another split' in (tmp_path / 'cmp2' / 'comparison.md').read_text()
     listed = cli('runs', '--runs-dir', 'runs', cwd=tmp_path, env=env)
     assert listed.returncode == 0 and all(n in listed.stdout for n in ('one', 'two', 'elsewhere', 'complete'))
+
+
+def test_train_takes_the_runs_own_folds_and_refuses_p_fold(run, tmp_path):
+    "`--folds` defaults to every fold of the run's split; `-p fold` (the notebook's parameter) and folds out of range are errors."
+    from movie_genre.cli import folds_to_train
+    tmp, data, env = run
+    params = {'run_name': 'c', 'runs_dir': str(tmp / 'runs'), 'data_dir': str(data)}
+    assert folds_to_train(TrainConfig, params, None) == [1, 2, 3] and params['folds'] == 3  # not 1-8: the split has 3 folds
+    assert folds_to_train(TrainConfig, {'run_name': 'new', 'runs_dir': str(tmp / 'runs')}, None) == list(range(1, 9))
+    r = cli('train', '--run-name', 'c', '-p', 'fold', 2, '-p', 'runs_dir', tmp / 'runs', '-p', 'data_dir', data, env=env)
+    assert r.returncode != 0 and '--folds' in r.stderr and 'Traceback' not in r.stderr and 'training' not in r.stdout
+    r = cli('train', '--model', 'tfidf', '--run-name', 'tf', '--folds', 4, '-p', 'folds', 3, '-p', 'runs_dir', tmp / 'runs',
+            '-p', 'data_dir', data, env=env)
+    assert r.returncode != 0 and 'out of range' in r.stderr and not (tmp / 'runs' / 'tf' / 'fold4').exists()
