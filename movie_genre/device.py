@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['AMP_DTYPES', 'cpu_has_bf16', 'resolve_device', 'autocast_dtype', 'cpu_cores', 'Runtime', 'predict_probs',
-           'compile_model']
+__all__ = ['AMP_DTYPES', 'cpu_has_bf16', 'resolve_device', 'autocast_dtype', 'cpu_cores', 'default_threads', 'Runtime',
+           'predict_probs', 'compile_model']
 
 # %% ../nbs/02a_device.ipynb #b558e7dc
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -53,6 +53,11 @@ def cpu_cores() -> int:
     "The cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
+def default_threads() -> int:
+    "Torch's CPU threads when none are asked for: `OMP_NUM_THREADS` when the user set it (the usual way to share a machine), else every core."
+    try: return max(1, int(os.environ['OMP_NUM_THREADS']))
+    except (KeyError, ValueError): return cpu_cores()
+
 @dataclass
 class Runtime:
     "Where and how a network runs: the device, the autocast dtype (None: fp32), channels-last memory, CPU threads."
@@ -67,7 +72,7 @@ class Runtime:
         "The runtime of these config values; on the CPU it sets torch's thread count (`threads`, 0: all cores)."
         device = resolve_device(device)
         if threads < 0: raise ValueError(f'threads must be 0 (all cores) or more, not {threads}')
-        if device.type == 'cpu': torch.set_num_threads(threads or cpu_cores())
+        if device.type == 'cpu': torch.set_num_threads(threads or default_threads())
         return cls(device, autocast_dtype(device, amp, amp_dtype), channels_last, torch.get_num_threads())
 
     @classmethod

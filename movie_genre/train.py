@@ -69,7 +69,7 @@ class TrainConfig(ModelConfig):
     amp_dtype: str = 'auto'       # 'auto', or 'bf16' / 'fp16' to insist on one
     channels_last: bool = True
     compile: bool = False         # torch.compile the network for training (no faster on the development CPU)
-    threads: int = 0              # CPU threads for torch; 0: every core this process may use
+    threads: int = 0              # CPU threads for torch; 0: $OMP_NUM_THREADS when set, else every core this process may use
     num_workers: int = -1         # loader processes; -1: none on CPU, up to 8 on CUDA
     seed: int = 0
     on_bad: str = 'raise'         # bad data rows: 'raise' or 'skip'
@@ -196,10 +196,16 @@ RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 
 FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
                 BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test'))
 
+def _same_setting(name: str, was, now) -> bool:
+    "Paths are the same folder however written (papermill's `data` and the command line's absolute path alike)."
+    if name in TrainConfig.path_fields and isinstance(was, str) and isinstance(now, str):
+        return project_path(was).resolve() == project_path(now).resolve()
+    return was == now
+
 def config_changes(recorded: dict, cfg: TrainConfig, names=None) -> dict[str, tuple]:
     "`{name: (recorded value, value in cfg)}` for the fields (default: all but `RESUMABLE` and `fold`) that differ."
     names = names if names is not None else [n for n in asdict(cfg) if n not in RESUMABLE + ('fold',)]
-    return {n: (recorded[n], getattr(cfg, n)) for n in names if n in recorded and recorded[n] != getattr(cfg, n)}
+    return {n: (recorded[n], getattr(cfg, n)) for n in names if n in recorded and not _same_setting(n, recorded[n], getattr(cfg, n))}
 
 def describe_changes(changes: dict) -> str: return ', '.join(f'{n} {now!r} (was {was!r})' for n, (was, now) in changes.items())
 

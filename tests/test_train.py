@@ -108,6 +108,10 @@ def test_a_resume_refuses_settings_that_change_what_is_learnt(demo, tmp_path, ca
     with pytest.raises(ValueError, match=r"image_size 48 \(was 32\), epochs 4 \(was 6\)"):
         train_fold(TrainConfig.from_dict({**vars(cfg), 'epochs': 4, 'image_size': 48}))
     assert json.loads((cfg.fold_dir / 'config.json').read_text())['epochs'] == 6  # nothing was rewritten
+    from movie_genre.data import project_root
+    from movie_genre.train import config_changes
+    as_papermill_wrote_it = {**vars(cfg), 'data_dir': os.path.relpath(cfg.data_dir, project_root())}  # a relative path
+    assert config_changes(as_papermill_wrote_it, cfg) == {}  # the same folder: not a change
     train_fold(TrainConfig.from_dict({**vars(cfg), 'num_workers': 1}))  # where and how fast may change
     assert 'with num_workers 1 (was -1)' in capsys.readouterr().out and len(summary(cfg)) == 6
 
