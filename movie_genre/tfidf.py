@@ -5,6 +5,7 @@
 # %% ../nbs/03c_tfidf.ipynb #12c6a752
 from __future__ import annotations
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,7 +93,9 @@ class TfidfModel:
         "The state as tensors and plain values, in a checkpoint `load_checkpoint` reads (`weights_only`)."
         state = {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v) for k, v in self.state.items()}
         state['idf'] = [torch.from_numpy(np.asarray(i)) for i in self.state['idf']]
-        torch.save({'tfidf': state, **extra}, path)
+        partial = Path(path).with_name(Path(path).name + '.partial')
+        torch.save({'tfidf': state, **extra}, partial)
+        os.replace(partial, path)  # never a half-written model.pt
 
     @classmethod
     def from_state(cls, state: dict) -> TfidfModel:
@@ -107,8 +110,12 @@ def train_tfidf_fold(cfg: TfidfConfig, data: MovieData | None = None, test: Movi
     out = cfg.fold_dir
     with fold_lock(out):
         if (out / OOF_FILE).is_file() and (out / MODEL_FILE).is_file() and not cfg.overwrite:
-            print(f'fold {cfg.fold} of {cfg.run_name} is finished; overwrite=True trains it again')
+            recorded = json.loads((out / CONFIG_FILE).read_text())
+            changed = {k: (recorded.get(k), v) for k, v in asdict(cfg).items() if k in ('C', 'min_df') and recorded.get(k) != v}
+            print(f'fold {cfg.fold} of {cfg.run_name} is finished' + (f', with other settings ({", ".join(f"{k} {v!r}, was {w!r}" for k, (w, v) in changed.items())})'
+                  if changed else '') + '; overwrite (-p overwrite True) fits it again')
             return pd.read_csv(out / SUMMARY_FILE).iloc[-1].to_dict()
+        (out / OOF_FILE).unlink(missing_ok=True)  # unfinished until the new one is written: a crash never leaves a stale fold
         start = time.time()
         data = data if data is not None else load_split(cfg.data_dir, 'train', 32, 1.5, cfg.on_bad, out)  # posters unused: smallest cache
         if test is None and (project_path(cfg.data_dir) / 'test.csv').exists():
