@@ -31,8 +31,8 @@ __all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'RE
            'BAD_ROWS_FILE', 'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path',
            'parse_genres', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_ngrams',
            'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels',
-           'read_years', 'make_folds', 'load_or_make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms',
-           'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+           'read_years', 'make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
+           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -427,20 +427,6 @@ def make_folds(data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFram
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, valid) in enumerate(splitter.split(np.zeros(len(data)), data.labels), start=1): fold[valid] = k
     return pd.DataFrame({'id': data.ids, 'fold': fold})
-
-def load_or_make_folds(path, data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFrame:
-    "The folds saved at `path`, made and saved first if absent; they must cover exactly the ids of `data`."
-    path = Path(path)
-    if path.exists():
-        folds = pd.read_csv(path)
-        if set(folds['id']) != set(data.ids) or folds['fold'].nunique() != n_folds:
-            raise ValueError(f'{path} was made for other data or another fold count ({folds["fold"].nunique()} folds); '
-                             f'use a new run name, or delete it to make new folds')
-        return folds
-    folds = make_folds(data, n_folds, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folds.to_csv(path, index=False)
-    return folds
 
 # %% ../nbs/01_dataset.ipynb #5d836f9b
 class RandomPosterWarp(A.DualTransform):
