@@ -323,6 +323,11 @@ def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports
     data = project_path(data_dir)
     if not (data / 'train.csv').exists():
         from movie_genre.demo import make_demo
+        there = sorted(p.name for p in data.iterdir() if not p.name.startswith('README')) if data.is_dir() else []
+        if there:  # an unpacked download without its train.csv, say: never mix the demo into it
+            raise FileNotFoundError(f'{data} has no train.csv but holds {", ".join(there[:5])}{" ..." if len(there) > 5 else ""}: '
+                                    f'unpack the competition data there so that {data / "train.csv"} exists (see data/README.md), '
+                                    f'or empty the folder for the demo set')
         print(f'no data in {data}: writing the synthetic demo set there'); make_demo(data)
     split = run_path(run_name, runs_dir) / 'folds.csv'
     if split.is_file() and set(pd.read_csv(split)['id']) != set(pd.read_csv(data / 'train.csv', usecols=['id'])['id']):

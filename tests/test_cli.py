@@ -148,3 +148,12 @@ def test_train_takes_the_runs_own_folds_and_refuses_p_fold(run, tmp_path):
     r = cli('train', '--model', 'tfidf', '--run-name', 'tf', '--folds', 4, '-p', 'folds', 3, '-p', 'runs_dir', tmp / 'runs',
             '-p', 'data_dir', data, env=env)
     assert r.returncode != 0 and 'out of range' in r.stderr and not (tmp / 'runs' / 'tf' / 'fold4').exists()
+
+
+def test_quickstart_on_a_folder_with_files_but_no_train_csv_says_what_to_do(tmp_path):
+    "An unpacked download without its train.csv: no demo mixed into it, and no option suggested that quickstart lacks."
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / '2024-dl-final.zip').write_bytes(b'')
+    with pytest.raises(FileNotFoundError, match='has no train.csv but holds 2024-dl-final.zip') as error:
+        quickstart('qs', data_dir=tmp_path / 'data', runs_dir=tmp_path / 'runs', reports_dir=tmp_path / 'reports')
+    assert '--force' not in str(error.value) and sorted(p.name for p in (tmp_path / 'data').iterdir()) == ['2024-dl-final.zip']
