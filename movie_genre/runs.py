@@ -24,10 +24,10 @@ from .metrics import tune_thresholds
 
 # %% auto #0
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
-           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'write_atomic', 'run_path', 'load_or_make_folds',
-           'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock',
-           'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'load_run',
-           'saved_thresholds', 'save_thresholds', 'run_thresholds']
+           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'write_atomic', 'run_path',
+           'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy',
+           'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation', 'read_run_json', 'read_run_csv',
+           'mean_test_probs', 'skipped_ids', 'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
@@ -178,9 +178,25 @@ def chose_by_validation(select: str, epochs: int, epochs_run: int) -> bool:
     return select == 'best' or epochs_run < epochs  # runs from before `select` (no key) kept the best epoch
 
 # %% ../nbs/03a_runs.ipynb #028e3189
+RETRAIN = 'retrain its fold with -p overwrite True'
+
+def read_run_json(path, advice: str = RETRAIN) -> dict:
+    "A JSON file of a run; a damaged one is a `ValueError` that names it and says what to do."
+    try: return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f'{path} is damaged ({e}): {advice}') from None
+
+def read_run_csv(path, columns=(), advice: str = RETRAIN) -> pd.DataFrame:
+    "A CSV file of a run, with `columns`; a damaged one is a `ValueError` that names it and says what to do."
+    try: table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f'{path} is damaged ({e}): {advice}') from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing: raise ValueError(f'{path} is damaged (no column {", ".join(missing)}): {advice}')
+    return table
+
 def _read_probs(path: Path, genres: list[str] | None = None) -> pd.DataFrame:
     "A probability table (id + genre columns); its genre columns must be `genres` when given."
-    table = pd.read_csv(path)
+    table = read_run_csv(path)
     if table.columns[0] != 'id': raise ValueError(f'{path} must start with an id column, not {table.columns[0]!r}')
     if genres is not None and list(table.columns[1:]) != genres:
         raise ValueError(f'{path} has the genre columns {list(table.columns[1:])}, other folds have {genres}')
@@ -211,14 +227,14 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
         known = sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir()) if run_dir.parent.is_dir() else []
         raise FileNotFoundError(f'no run folder {run_dir}; runs in {run_dir.parent}: {known or "none"}')
     if not (run_dir / FOLDS_FILE).is_file(): raise FileNotFoundError(f'no {run_dir / FOLDS_FILE}: no fold of {run_name} has started')
-    folds = pd.read_csv(run_dir / FOLDS_FILE)
+    folds = read_run_csv(run_dir / FOLDS_FILE, ('id', 'fold'), advice="it is the run's split: restore it, or train a new run")
     all_folds = sorted(int(k) for k in folds['fold'].unique())
     finished = finished_folds(run_dir)
     missing = [k for k in all_folds if k not in finished]
     if not finished:
         raise FileNotFoundError(f'no finished fold in {run_dir}: none of fold{all_folds[0]}..fold{all_folds[-1]} has both {MODEL_FILE} and {OOF_FILE} yet')
 
-    configs = {k: json.loads((run_dir / f'fold{k}' / CONFIG_FILE).read_text()) for k in finished}
+    configs = {k: read_run_json(run_dir / f'fold{k}' / CONFIG_FILE) for k in finished}
     config = configs[finished[0]]
     differences = sorted({key for c in configs.values() for key in c if c.get(key) != config.get(key)} - {'fold', 'overwrite'})
     genres = list(_read_probs(run_dir / f'fold{finished[0]}' / OOF_FILE).columns[1:])
@@ -233,7 +249,7 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
     oof = pd.concat(oofs, ignore_index=True)
     ids = oof['id'].to_numpy(np.int64)
     labels = read_labels(data_dir if data_dir is not None else config['data_dir'], ids, genres)
-    summaries = pd.concat([pd.read_csv(run_dir / f'fold{k}' / SUMMARY_FILE).assign(fold=k) for k in finished], ignore_index=True)
+    summaries = pd.concat([read_run_csv(run_dir / f'fold{k}' / SUMMARY_FILE, ('epoch',)).assign(fold=k) for k in finished], ignore_index=True)
     test_probs, test_folds = mean_test_probs(run_dir, finished, genres)
     run = RunResult(run_name, run_dir, config, genres, finished, missing, {k: fold_status(run_dir / f'fold{k}') for k in missing},
                     ids, oof['fold'].to_numpy(), labels, oof[genres].to_numpy(np.float64), summaries, test_probs, test_folds, differences,
@@ -245,7 +261,7 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
 def saved_thresholds(run_dir) -> dict:
     "The entries of `run_dir/thresholds.json` by metric; none when it is absent."
     path = Path(run_dir) / THRESHOLDS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_json(path, 'delete it: the evaluation tunes the thresholds again') if path.is_file() else {}
 
 def save_thresholds(run: RunResult, metric: str, thresholds) -> dict:
     "Save `thresholds` (one per genre of `run`, tuned for `metric`) as the run's entry for `metric`; return the entry."
