@@ -134,7 +134,7 @@ def write_explanations(ev: Evaluation, out_dir, data_dir=None, device: str = 'au
     config = run.config
     data = load_split(data_dir if data_dir is not None else config['data_dir'], 'train', config.get('image_size', 64),
                       config.get('aspect', 1.5), config.get('on_bad', 'raise'), genres=run.genres)
-    files = {'error_gallery': _save(error_gallery(run, data), out_dir / 'error_gallery.png')}
+    files = {'error_gallery': _save(error_gallery(run, data, ev.predictions), out_dir / 'error_gallery.png')}
     network = 'arch' in config and 'members' not in config and config.get('fusion') != 'title'
     if network: files['saliency'] = _save(saliency_grid(run, data, device=device), out_dir / 'saliency.png')
     return files

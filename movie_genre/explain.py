@@ -103,12 +103,13 @@ def saliency_grid(run: RunResult, data: MovieData, per_genre: int = 4, device: s
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
 
-def error_gallery(run: RunResult, data: MovieData, per_kind: int = 4) -> Figure:
-    "Per genre (rows), the most confident false positives, then the most confident false negatives, with titles and probabilities."
+def error_gallery(run: RunResult, data: MovieData, predictions: np.ndarray, per_kind: int = 4) -> Figure:
+    "Per genre (rows), the most confident false positives, then the most confident false negatives of the 0/1 `predictions`, with titles and probabilities."
     fig, axes = plt.subplots(len(run.genres), per_kind * 2, figsize=(per_kind * 2 * 1.75, len(run.genres) * 2.6), squeeze=False)
     table, position = data.table.set_index('id'), pd.Index(data.ids)
     for g, genre in enumerate(run.genres):
-        negatives, positives = np.flatnonzero(run.labels[:, g] == 0), np.flatnonzero(run.labels[:, g] == 1)
+        wrong = predictions[:, g] != run.labels[:, g]  # as decoded: a probable negative below its threshold is no mistake
+        negatives, positives = np.flatnonzero(wrong & (run.labels[:, g] == 0)), np.flatnonzero(wrong & (run.labels[:, g] == 1))
         false_pos = negatives[np.argsort(-run.probs[negatives, g], kind='stable')[:per_kind]]
         false_neg = positives[np.argsort(run.probs[positives, g], kind='stable')[:per_kind]]
         for j, (i, kind) in enumerate([(i, 'not') for i in false_pos] + [(i, 'missed') for i in false_neg]):
