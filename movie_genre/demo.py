@@ -100,6 +100,8 @@ def make_demo(dest, n_train: int = 600, n_test: int = 200, dim: int = 50, seed: 
               max_tokens: int = 15, force: bool = False) -> Path:
     "Write a synthetic competition-layout data set, and its word vectors, to `dest` (empty or absent unless `force`); return `dest`."
     dest = Path(dest)
+    if min(n_train, n_test, dim) < 1: raise ValueError(f'a demo set needs n_train, n_test and dim of 1 or more, not {n_train}, {n_test}, {dim}')
+    if dest.exists() and not dest.is_dir(): raise FileExistsError(f'{dest} is a file: the demo set needs a folder')
     there = sorted(p.name for p in dest.iterdir() if not p.name.startswith('README')) if dest.is_dir() else []
     if there and not force:
         raise FileExistsError(f'{dest} is not empty ({", ".join(there[:5])}{" ..." if len(there) > 5 else ""}): the demo set would '

@@ -44,7 +44,7 @@ def parse_weights(text, n: int):
     if text in ('equal', 'tuned'): return text
     try: weights = np.array([float(w) for w in (text.split(',') if isinstance(text, str) else text)])
     except ValueError: weights = np.array([])
-    if len(weights) != n or (weights < 0).any() or weights.sum() <= 0:
+    if len(weights) != n or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"weights must be 'equal', 'tuned' or {n} non-negative numbers like 0.6,0.4, not {text!r}")
     return list(weights / weights.sum())
 

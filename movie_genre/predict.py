@@ -265,6 +265,9 @@ class Predictor:
     def uses_title_text(self) -> bool: return self.models[0].text_encoder is not None  # the title's hashed n-grams
 
     @property
+    def max_genres(self) -> int: return self.config.max_genres
+
+    @property
     def default_vectors(self) -> Path | None:
         "The word vectors of the run's data folder (`word_vectors.txt`, as the demo set ships them), if it has them."
         path = project_path(self.config.data_dir) / WORD_VECTORS_FILE
@@ -379,7 +382,7 @@ class EnsemblePredictor:
         self.members = [load_predictor(name, runs_dir, common, device=device) for name in names]
         self.genres, self.metric, self.run_dir = self.members[0].genres, saved['metric'], folder
         self.thresholds = np.array([dict(zip(saved['genres'], saved['thresholds']))[g] for g in self.genres])
-        self.max_genres = 3
+        self.max_genres = self.members[0].max_genres
 
     uses_title = property(lambda self: any(m.uses_title for m in self.members))
     uses_title_text = property(lambda self: any(m.uses_title_text for m in self.members))
