@@ -17,14 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DataError, project_path, project_root
-from .runs import (CONFIG_FILE, FOLDS_FILE, LOGS_DIR, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, fold_list,
+from .runs import (CONFIG_FILE, FOLDS_FILE, LOGS_DIR, SPLIT_FILE, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, fold_list,
                               lock_holder, run_path)
 from .train import CheckpointError, TrainConfig
 
 # %% auto #0
-__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'train_folds', 'cli_words',
-           'ensemble_options', 'build_parser', 'run_notebook', 'main', 'folds_to_train', 'evaluate_command',
-           'quickstart']
+__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'folds_to_train', 'train_folds', 'cli_words',
+           'ensemble_options', 'build_parser', 'run_notebook', 'main', 'evaluate_command', 'quickstart']
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -85,6 +84,12 @@ def _run_fold(fold: int, params: dict, gpu: str | None) -> str | None:
     if proc.returncode == 0: return None
     return f'{cli_words(error_line(log.read_text())) or f"papermill exited with {proc.returncode}"} (the whole log: {log})'
 
+def _weights_used(cfg: TrainConfig, epochs_run: int, finished: bool) -> str:
+    "Which weights a fold predicts with; an unfinished fold has stopped for another reason than early stopping."
+    if cfg.select == 'best': return 'best epoch (optimistic)'
+    if not finished: return 'unfinished'
+    return 'early stop (optimistic)' if chose_by_validation(cfg.select, cfg.epochs, epochs_run) else 'last epoch'
+
 def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs') -> pd.DataFrame:
     "Each fold's validation scores at the epoch it predicts with, from its `summary.csv` and `config.json`."
     rows = []
@@ -95,17 +100,27 @@ def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs') -> pd.Da
         used = s.loc[s[f'f1_{cfg.metric}'].idxmax()] if cfg.select == 'best' else s.iloc[-1]
         rows.append({'fold': k, 'epoch': int(used['epoch']), 'epochs': len(s), 'f1_micro': used['f1_micro'],
                      'f1_macro': used['f1_macro'], 'f1_samples': used['f1_samples'], 'minutes': s['seconds'].sum() / 60,
-                     'weights': ('best epoch (optimistic)' if cfg.select == 'best' else 'early stop (optimistic)')
-                                if chose_by_validation(cfg.select, cfg.epochs, len(s)) else 'last epoch'})
+                     'weights': _weights_used(cfg, len(s), k in finished_folds(fold_dir.parent))})
     return pd.DataFrame(rows).set_index('fold')
+
+def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
+    "The folds `train` trains: `folds`, else every fold of the run's split (`params` get its number), else of `-p folds`; in range."
+    if 'fold' in params: raise ValueError('-p fold is the training notebook\'s own parameter: the command takes --folds (e.g. --folds 3 or 1-8)')
+    split = run_path(params.get('run_name', 'demo'), params.get('runs_dir', 'runs')) / FOLDS_FILE
+    if split.is_file() and 'folds' not in params: params['folds'] = int(pd.read_csv(split, usecols=['fold'])['fold'].nunique())
+    made = split.with_name(SPLIT_FILE)
+    if made.is_file() and 'fold_seed' not in params and 'fold_seed' in (seed := json.loads(made.read_text())):
+        params['fold_seed'] = seed['fold_seed']  # the run's own split, as it was made
+    n = config.from_dict({**params, 'fold': 1}).folds
+    bad = [k for k in folds or [] if not 1 <= k <= n]
+    if bad: raise ValueError(f'fold {fold_list(bad)} out of range: the run has folds 1 to {n}')
+    return folds or list(range(1, n + 1))
 
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None) -> pd.DataFrame:
     "Train `folds` with `params` through the papermill notebook (in parallel, one per GPU, when `gpus`); return the fold table."
     params = {k: v for k, v in params.items() if k != 'fold'}
-    cfg = TrainConfig.from_dict({**params, 'fold': 1})  # checks every parameter before anything starts
-    folds = folds or list(range(1, cfg.folds + 1))
-    bad = [k for k in folds if not 1 <= k <= cfg.folds]
-    if bad: raise ValueError(f'fold(s) {bad} out of range for folds={cfg.folds}')
+    folds = folds_to_train(TrainConfig, params, folds)  # every fold of the run's split by default; checks every parameter
+    cfg = TrainConfig.from_dict({**params, 'fold': 1})
     run_dir, status, errors, start = run_path(cfg.run_name, cfg.runs_dir), {}, {}, time.time()
     for k in folds:
         holder = lock_holder(run_dir / f'fold{k}')
@@ -244,16 +259,6 @@ def main(argv=None):
     except KeyboardInterrupt: parser.exit(130, f'movie-genre {args.command}: interrupted\n')
     except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, RuntimeError, FoldBusy, CheckpointError) as e:
         parser.exit(2, f'movie-genre {args.command}: error: {cli_words(str(e))}\n')
-
-def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
-    "The folds `train` trains: `folds`, else every fold of the run's split (`params` get its number), else of `-p folds`; in range."
-    if 'fold' in params: raise ValueError('-p fold is the training notebook\'s own parameter: the command takes --folds (e.g. --folds 3 or 1-8)')
-    split = run_path(params.get('run_name', 'demo'), params.get('runs_dir', 'runs')) / FOLDS_FILE
-    if split.is_file() and 'folds' not in params: params['folds'] = int(pd.read_csv(split, usecols=['fold'])['fold'].nunique())
-    n = config.from_dict({**params, 'fold': 1}).folds
-    bad = [k for k in folds or [] if not 1 <= k <= n]
-    if bad: raise ValueError(f'fold {fold_list(bad)} out of range: the run has folds 1 to {n}')
-    return folds or list(range(1, n + 1))
 
 def _command_line_params(config, pairs, parser, **fixed) -> dict:
     "`-p` pairs as typed values of `config` plus `fixed`; a bad name or value is a usage error."

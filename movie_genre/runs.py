@@ -24,9 +24,9 @@ from .metrics import tune_thresholds
 
 # %% auto #0
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
-           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'write_atomic', 'run_path',
-           'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy',
-           'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation', 'read_run_json', 'read_run_csv',
+           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'write_atomic', 'read_run_json',
+           'read_run_csv', 'run_path', 'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest',
+           'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation',
            'mean_test_probs', 'skipped_ids', 'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
@@ -42,6 +42,22 @@ def write_atomic(path, text: str) -> Path:
     partial.write_text(text)
     os.replace(partial, path)
     return path
+
+RETRAIN = 'retrain its fold with -p overwrite True'
+
+def read_run_json(path, advice: str = RETRAIN) -> dict:
+    "A JSON file of a run; a damaged one is a `ValueError` that names it and says what to do."
+    try: return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f'{path} is damaged ({e}): {advice}') from None
+
+def read_run_csv(path, columns=(), advice: str = RETRAIN) -> pd.DataFrame:
+    "A CSV file of a run, with `columns`; a damaged one is a `ValueError` that names it and says what to do."
+    try: table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f'{path} is damaged ({e}): {advice}') from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing: raise ValueError(f'{path} is damaged (no column {", ".join(missing)}): {advice}')
+    return table
 
 def run_path(run_name: str, runs_dir='runs') -> Path:
     "The folder of run `run_name` under `runs_dir` (relative paths under the project root)."
@@ -91,8 +107,10 @@ def fold_status(fold_dir) -> str:
     fold_dir = Path(fold_dir)
     if (fold_dir / OOF_FILE).is_file(): return 'finished' if (fold_dir / MODEL_FILE).is_file() else f'{OOF_FILE} without {MODEL_FILE}'
     if not (fold_dir / SUMMARY_FILE).is_file(): return 'not started'
-    epochs = json.loads((fold_dir / CONFIG_FILE).read_text()).get('epochs', '?') if (fold_dir / CONFIG_FILE).is_file() else '?'
-    return f'in progress: {len(pd.read_csv(fold_dir / SUMMARY_FILE))} of {epochs} epochs'
+    try:
+        epochs = read_run_json(fold_dir / CONFIG_FILE).get('epochs', '?') if (fold_dir / CONFIG_FILE).is_file() else '?'
+        return f'in progress: {len(read_run_csv(fold_dir / SUMMARY_FILE))} of {epochs} epochs'
+    except ValueError as e: return f'broken: {e}'  # a status to show, not a reason to stop reading the run
 
 # %% ../nbs/03a_runs.ipynb #a6cae6f7
 class FoldBusy(RuntimeError):
@@ -178,25 +196,10 @@ def chose_by_validation(select: str, epochs: int, epochs_run: int) -> bool:
     return select == 'best' or epochs_run < epochs  # runs from before `select` (no key) kept the best epoch
 
 # %% ../nbs/03a_runs.ipynb #028e3189
-RETRAIN = 'retrain its fold with -p overwrite True'
-
-def read_run_json(path, advice: str = RETRAIN) -> dict:
-    "A JSON file of a run; a damaged one is a `ValueError` that names it and says what to do."
-    try: return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f'{path} is damaged ({e}): {advice}') from None
-
-def read_run_csv(path, columns=(), advice: str = RETRAIN) -> pd.DataFrame:
-    "A CSV file of a run, with `columns`; a damaged one is a `ValueError` that names it and says what to do."
-    try: table = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path} is damaged ({e}): {advice}') from None
-    missing = [c for c in columns if c not in table.columns]
-    if missing: raise ValueError(f'{path} is damaged (no column {", ".join(missing)}): {advice}')
-    return table
-
 def _read_probs(path: Path, genres: list[str] | None = None) -> pd.DataFrame:
     "A probability table (id + genre columns); its genre columns must be `genres` when given."
     table = read_run_csv(path)
+    if table.iloc[:, 1:].isna().any().any(): raise ValueError(f'{path} is damaged (missing probabilities): {RETRAIN}')
     if table.columns[0] != 'id': raise ValueError(f'{path} must start with an id column, not {table.columns[0]!r}')
     if genres is not None and list(table.columns[1:]) != genres:
         raise ValueError(f'{path} has the genre columns {list(table.columns[1:])}, other folds have {genres}')
@@ -236,7 +239,10 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
 
     configs = {k: read_run_json(run_dir / f'fold{k}' / CONFIG_FILE) for k in finished}
     config = configs[finished[0]]
-    differences = sorted({key for c in configs.values() for key in c if c.get(key) != config.get(key)} - {'fold', 'overwrite'})
+    def comparable(key, value):  # a data folder written relative (papermill) or absolute (the command line) is one folder
+        return str(project_path(value).resolve()) if key == 'data_dir' and isinstance(value, str) else value
+    differences = sorted({key for c in configs.values() for key in c
+                          if comparable(key, c.get(key)) != comparable(key, config.get(key))} - {'fold', 'overwrite'})
     genres = list(_read_probs(run_dir / f'fold{finished[0]}' / OOF_FILE).columns[1:])
     oofs = []
     for k in finished:

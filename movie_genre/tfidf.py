@@ -18,7 +18,7 @@ from .config import FlatConfig
 from .data import TOKEN_RE, MovieData, load_split, project_path
 from .metrics import decode, f1_scores, tune_thresholds
 from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE, TEST_FILE, fold_lock,
-                              load_or_make_folds, write_atomic)
+                              load_or_make_folds, read_run_json, write_atomic)
 
 # %% auto #0
 __all__ = ['TfidfConfig', 'TfidfModel', 'train_tfidf_fold']
@@ -110,8 +110,9 @@ def train_tfidf_fold(cfg: TfidfConfig, data: MovieData | None = None, test: Movi
     out = cfg.fold_dir
     with fold_lock(out):
         if (out / OOF_FILE).is_file() and (out / MODEL_FILE).is_file() and not cfg.overwrite:
-            recorded = json.loads((out / CONFIG_FILE).read_text())
-            changed = {k: (recorded.get(k), v) for k, v in asdict(cfg).items() if k in ('C', 'min_df') and recorded.get(k) != v}
+            recorded = read_run_json(out / CONFIG_FILE)
+            changed = {k: (recorded.get(k), v) for k, v in asdict(cfg).items()
+                       if k not in ('fold', 'overwrite', 'runs_dir', 'data_dir') and recorded.get(k) != v}
             print(f'fold {cfg.fold} of {cfg.run_name} is finished' + (f', with other settings ({", ".join(f"{k} {v!r}, was {w!r}" for k, (w, v) in changed.items())})'
                   if changed else '') + '; overwrite (-p overwrite True) fits it again')
             return pd.read_csv(out / SUMMARY_FILE).iloc[-1].to_dict()

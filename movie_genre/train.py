@@ -60,7 +60,7 @@ class TrainConfig(ModelConfig):
     tta: bool = True              # average with horizontally flipped posters when predicting
     metric: str = 'macro'         # the F1 the run's thresholds are tuned for (and that picks the best epoch): 'macro', 'micro' or 'samples'
     select: str = 'last'          # the weights a fold predicts with: 'last' (final epoch: honest OOF) or 'best' (best validation epoch: optimistic)
-    patience: int = 0             # stop after this many epochs without a better validation F1 (optimistic OOF); 0: never
+    patience: int = 0             # stop after this many epochs without a better validation F1 (optimistic OOF if it fires); 0: never
     max_genres: int = 3
     optimizer: str = 'adamw'      # 'adamw', or 'adam' (the competition notebook's, with L2 weight decay)
     schedule: str = 'cosine'      # 'cosine' (warm-up then cosine) or 'constant'

@@ -143,6 +143,11 @@ def test_train_takes_the_runs_own_folds_and_refuses_p_fold(run, tmp_path):
     params = {'run_name': 'c', 'runs_dir': str(tmp / 'runs'), 'data_dir': str(data)}
     assert folds_to_train(TrainConfig, params, None) == [1, 2, 3] and params['folds'] == 3  # not 1-8: the split has 3 folds
     assert folds_to_train(TrainConfig, {'run_name': 'new', 'runs_dir': str(tmp / 'runs')}, None) == list(range(1, 9))
+    from movie_genre.data import load_split
+    from movie_genre.demo import make_fake_run
+    make_fake_run(load_split(data, 'train', image_size=32), None, 'seed7', tmp / 'runs', data, folds=(1,), fold_seed=7)
+    seeded = {'run_name': 'seed7', 'runs_dir': str(tmp / 'runs')}
+    assert folds_to_train(TrainConfig, seeded, None) == [1, 2, 3] and seeded['fold_seed'] == 7  # the split as it was made
     r = cli('train', '--run-name', 'c', '-p', 'fold', 2, '-p', 'runs_dir', tmp / 'runs', '-p', 'data_dir', data, env=env)
     assert r.returncode != 0 and '--folds' in r.stderr and 'Traceback' not in r.stderr and 'training' not in r.stdout
     r = cli('train', '--model', 'tfidf', '--run-name', 'tf', '--folds', 4, '-p', 'folds', 3, '-p', 'runs_dir', tmp / 'runs',

@@ -194,3 +194,6 @@ def test_the_final_epoch_predicts_unless_asked_otherwise(demo, tmp_path):
     patient = tiny(demo, tmp_path, run_name='patient', epochs=3, patience=10)  # patience that never fires chooses nothing
     assert not train_fold(patient)['optimistic'] and fold_table('patient', [1], patient.runs_dir).loc[1, 'weights'] == 'last epoch'
     assert fold_table('best', [1], best.runs_dir).loc[1, 'weights'] == 'best epoch (optimistic)'
+    cut = tiny(demo, tmp_path, run_name='cut', epochs=4)
+    interrupt(cut)  # stopped by a crash, not by early stopping
+    assert fold_table('cut', [1], cut.runs_dir).loc[1, 'weights'] == 'unfinished'
