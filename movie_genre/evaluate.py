@@ -122,7 +122,8 @@ def write_figures(ev: Evaluation, out_dir) -> dict[str, Path]:
                'pr_curves': plot_pr_curves(run.labels, run.probs, run.genres, ev.thresholds),
                'roc_curves': plot_roc_curves(run.labels, run.probs, run.genres),
                'training_curves': plot_training_curves(run.summaries, ev.metric)}
-    if run.summaries.groupby('fold').size().max() < 2: figures.pop('training_curves')  # fitted once: no curve to draw
+    if 'members' in run.config or run.summaries.groupby('fold').size().max() < 2:
+        figures.pop('training_curves')  # an ensemble's curves are its members' (in their reports); a run fitted once has none
     return {name: _save(fig, out_dir / f'{name}.png') for name, fig in figures.items()}
 
 # %% ../nbs/04a_evaluation.ipynb #e0561a51

@@ -50,7 +50,8 @@ def test_a_tfidf_run_and_its_ensembles_are_reported_as_honest(tmp_path):
     assert 'training_curves' not in ev.files and 'Training curves' not in report
     assert not load_any('t,n', runs, verbose=False).optimistic  # the first member's config no longer decides
     assert load_any('t,best', runs, verbose=False).optimistic and load_any('n,best', runs, verbose=False).optimistic
-    evaluate_run('t,best', runs, reports_dir=tmp_path / 'reports', explain=False)
+    ensemble = evaluate_run('t,best', runs, reports_dir=tmp_path / 'reports', explain=False)
+    assert 'training_curves' not in ensemble.files  # its members' curves are in their own reports, not one crowded figure
     assert '**These scores are optimistic**' in (tmp_path / 'reports' / 't+best' / 'report.md').read_text()
 
 
