@@ -11,7 +11,7 @@ each ensemble and each stack on all the movies of the folds they finished, poole
 - `micro@0.3` / `macro@0.3`: the competition notebook's fixed threshold 0.3 (with the project's 1-3 genre rule).
 - `train min`: the CPU (or GPU) minutes of training, summed over folds and members.
 
-    python bench/benchmark.py --recipes ours,ours-text,tfidf --ensembles ours+ours-text --stacks ours+tfidf,ours+ours-text+tfidf
+    python bench/benchmark.py --recipes ours,ours-48px,tfidf --ensembles ours+ours-48px --tuned ours+tfidf --stacks ours+tfidf
     python bench/benchmark.py --no-train ...          # score what is trained
 
 See reports/benchmark.md for the results and the exact calls.
@@ -38,7 +38,7 @@ POSTERS8 = (ROOT / '..' / 'shared' / 'data' / 'posters8').resolve()
 SEED = dict(arch='seed', image_size=128, aspect=1.0, optimizer='adam', lr=1e-4, weight_decay=1e-5, batch_size=32, epochs=10,
             schedule='constant', warmup_epochs=0.0, tta=False)
 RECIPES = {'seed': SEED, 'ours': {}, 'ours-text': dict(title_input='both'), 'ours-text-gmu': dict(title_input='both', fusion='gmu'),
-           'ours-w48': dict(width=48), 'tfidf': None}  # {}: the TrainConfig defaults; None: the TF-IDF member
+           'ours-w48': dict(width=48), 'ours-48px': dict(image_size=48, seed=2), 'tfidf': None}  # {}: the TrainConfig defaults; None: the TF-IDF member
 
 
 def train(name: str, runs_dir: str, data_dir: Path, folds: str):
@@ -51,9 +51,9 @@ def train(name: str, runs_dir: str, data_dir: Path, folds: str):
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def score(spec: str, runs_dir: str, stack: bool = False) -> dict:
+def score(spec: str, runs_dir: str, stack: bool = False, weights: str = 'equal') -> dict:
     "The table row of a run or ensemble: cross-fitted F1s, fixed-threshold F1s, training minutes."
-    run = load_any(spec, runs_dir, stack=stack, verbose=False)
+    run = load_any(spec, runs_dir, weights=weights, stack=stack, verbose=False)
     row = {'run': run.name, 'folds': len(run.finished), 'movies': len(run.ids)}
     for metric in ('micro', 'macro'):
         crossed = f1_scores(run.labels, cross_fitted_predictions(run, metric))
@@ -71,6 +71,7 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument('--folds', default='1-8', help='folds to train (the table uses the folds every member finished)')
     parser.add_argument('--runs-dir', default=str(ROOT / 'runs'), help='run folders (absolute, or relative to the project)')
     parser.add_argument('--ensembles', default='', help='comma-separated ensembles to score, members joined by +: ours+ours-text')
+    parser.add_argument('--tuned', default='', help='comma-separated ensembles to score with weights tuned out of fold')
     parser.add_argument('--stacks', default='', help='comma-separated stacks to score, members joined by +')
     parser.add_argument('--no-train', action='store_true', help='only score what is trained')
     parser.add_argument('--out', default=None, help='write the table as CSV here')
@@ -82,6 +83,7 @@ def main(argv=None) -> pd.DataFrame:
         for name in names: train(name, args.runs_dir, args.data_dir.resolve(), args.folds)
     rows = [score(name, args.runs_dir) for name in names]
     rows += [score(e.replace('+', ','), args.runs_dir) for e in args.ensembles.split(',') if e.strip()]
+    rows += [score(e.replace('+', ','), args.runs_dir, weights='tuned') for e in args.tuned.split(',') if e.strip()]
     rows += [score(s.replace('+', ','), args.runs_dir, stack=True) for s in args.stacks.split(',') if s.strip()]
     table = pd.DataFrame(rows).set_index('run')
     pd.set_option('display.width', 200)
