@@ -118,7 +118,7 @@ def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
 
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None) -> pd.DataFrame:
     "Train `folds` with `params` through the papermill notebook (in parallel, one per GPU, when `gpus`); return the fold table."
-    params = {k: v for k, v in params.items() if k != 'fold'}
+    params = dict(params)  # folds_to_train completes it with the run's own folds and fold_seed
     folds = folds_to_train(TrainConfig, params, folds)  # every fold of the run's split by default; checks every parameter
     cfg = TrainConfig.from_dict({**params, 'fold': 1})
     run_dir, status, errors, start = run_path(cfg.run_name, cfg.runs_dir), {}, {}, time.time()
@@ -275,7 +275,7 @@ def _run(args, parser):
         for fold in folds_to_train(TfidfConfig, params, args.folds): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
     elif args.command == 'train':
         params = _command_line_params(TrainConfig, args.param, parser, run_name=args.run_name)
-        table = train_folds(params, folds_to_train(TrainConfig, params, args.folds), check_gpus(args.gpus.split(',')) if args.gpus else None)
+        table = train_folds(params, args.folds, check_gpus(args.gpus.split(',')) if args.gpus else None)
         if (table['status'] == 'failed').any(): sys.exit(1)
     elif args.command == 'evaluate':
         from movie_genre.evaluate import EvaluateConfig
