@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS',
-           'BAD_ROWS_FILE', 'project_root', 'project_path', 'cache_dir', 'DataError', 'read_csv', 'resolve_path',
-           'parse_genres', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_ngrams',
-           'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels',
-           'read_years', 'make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler',
-           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+           'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder', 'cache_dir', 'DataError', 'read_csv',
+           'resolve_path', 'parse_genres', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array',
+           'title_ngrams', 'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData', 'csv_line',
+           'load_split', 'read_labels', 'read_years', 'make_folds', 'RandomPosterWarp', 'train_transforms',
+           'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -47,6 +47,10 @@ def project_path(path) -> Path:
     "`path` as given when absolute, else under the project root."
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root() / path
+
+def same_folder(a, b) -> bool:
+    "Whether two paths (relative to the project, as papermill writes them, or absolute, as the command line does) are one folder."
+    return project_path(a).resolve() == project_path(b).resolve()
 
 def cache_dir() -> Path:
     "The writable cache folder: `$MOVIE_GENRE_CACHE`, else `.cache/` in the project."

@@ -216,10 +216,11 @@ def thresholds_for(spec: str, runs_dir='runs', metric: str | None = None, data_d
     if not (is_ensemble(spec) or stack or weights != 'equal'): return run_thresholds(spec, runs_dir, metric, data_dir)
     from movie_genre.metrics import tune_thresholds
     names = member_names(spec)
-    digests = [oof_digest(run_path(n, runs_dir), common_folds(names, runs_dir)) for n in names]
+    common = common_folds(names, runs_dir)
+    digests = [oof_digest(run_path(n, runs_dir), common) for n in names]
     weights = parse_weights(weights, len(names))
     folder = ensemble_dir(spec, runs_dir, weights, stack)
-    metric = metric or json.loads((run_path(names[0], runs_dir) / f'fold{common_folds(names, runs_dir)[0]}' / CONFIG_FILE).read_text()).get('metric', 'macro')
+    metric = metric or json.loads((run_path(names[0], runs_dir) / f'fold{common[0]}' / CONFIG_FILE).read_text()).get('metric', 'macro')
     saved = saved_thresholds(folder).get(metric)
     if saved and saved.get('oof_digest') == ensemble_digest(digests, 'stacked' if stack else weights, stack): return saved  # as `_combined` keys it
     ensemble = load_ensemble(spec, runs_dir, data_dir, weights, stack, verbose=False)

@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 import numpy as np
 import pandas as pd
 
-from .data import BAD_ROWS_FILE, MovieData, make_folds, project_path, read_labels
+from .data import BAD_ROWS_FILE, MovieData, make_folds, project_path, read_labels, same_folder
 from .metrics import tune_thresholds
 
 # %% auto #0
@@ -239,10 +239,8 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
 
     configs = {k: read_run_json(run_dir / f'fold{k}' / CONFIG_FILE) for k in finished}
     config = configs[finished[0]]
-    def comparable(key, value):  # a data folder written relative (papermill) or absolute (the command line) is one folder
-        return str(project_path(value).resolve()) if key == 'data_dir' and isinstance(value, str) else value
-    differences = sorted({key for c in configs.values() for key in c
-                          if comparable(key, c.get(key)) != comparable(key, config.get(key))} - {'fold', 'overwrite'})
+    def same(key, a, b): return same_folder(a, b) if key == 'data_dir' and isinstance(a, str) and isinstance(b, str) else a == b
+    differences = sorted({key for c in configs.values() for key in c if not same(key, c.get(key), config.get(key))} - {'fold', 'overwrite'})
     genres = list(_read_probs(run_dir / f'fold{finished[0]}' / OOF_FILE).columns[1:])
     oofs = []
     for k in finished:

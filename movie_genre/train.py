@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
-                              project_path, train_transforms)
+                              project_path, same_folder, train_transforms)
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
@@ -198,8 +198,7 @@ FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST
 
 def _same_setting(name: str, was, now) -> bool:
     "Paths are the same folder however written (papermill's `data` and the command line's absolute path alike)."
-    if name in TrainConfig.path_fields and isinstance(was, str) and isinstance(now, str):
-        return project_path(was).resolve() == project_path(now).resolve()
+    if name in TrainConfig.path_fields and isinstance(was, str) and isinstance(now, str): return same_folder(was, now)
     return was == now
 
 def config_changes(recorded: dict, cfg: TrainConfig, names=None) -> dict[str, tuple]:
