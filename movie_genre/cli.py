@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='an evaluation parameter (repeatable)')
     p = command('submit', "write a Kaggle submission from a run's fold ensemble")
     p.add_argument('--run-name', required=True, help='the run whose folds predicted the test split, or runs a,b,... (an ensemble)')
-    p.add_argument('--data-dir', help="the folder with sample_submission.csv (default: the run's data)")
+    p.add_argument('--data-dir', help="the folder with sample_submission.csv and test.csv (default: the run's data); a test split "
+                   "the run has no test probabilities for is predicted by its saved fold models")
     p.add_argument('--out', default='submission.csv', help='the CSV to write (relative to where you stand)')
     p.add_argument('--metric', choices=('macro', 'micro', 'samples'),
                    help="the F1 the thresholds are tuned for: the leaderboard's (default: the run's own, macro unless trained otherwise)")
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble_options(p)
     p = command('predict', 'predict genres of new movies: a poster, a folder of posters (titles from the file names), or a CSV')
     p.add_argument('--run-name', required=True, help='the trained run to ask, or runs a,b,... (an ensemble)')
-    p.add_argument('inputs', nargs='+', help='a poster, a folder of posters, or a CSV (poster,title,year[,title_array])')
+    p.add_argument('inputs', nargs='+', help="a poster, a folder of posters, or a CSV (poster,title,year[,title_array], or the "
+                   "competition's id,path,w2v_path,title,year); paths inside a CSV are relative to the CSV's own folder")
     p.add_argument('--title', help="the movie's title (a single poster; default: its file name)")
     p.add_argument('--year', type=float, help="the release year (default: the value training used for a missing year)")
     p.add_argument('--title-array', help='a ready (L, D) .npy title array instead of --title')
@@ -288,7 +290,7 @@ def _run(args, parser):
         from movie_genre.predict import predict_cli
         for name in ('title_array', 'vectors', 'out', 'runs_dir'): setattr(args, name, _here(getattr(args, name)))
         args.inputs, args.runs_dir = [_here(p) for p in args.inputs], args.runs_dir or 'runs'
-        predict_cli(args)
+        if (predict_cli(args)['error'] != '').any(): sys.exit(1)  # after writing the rows that worked
     elif args.command == 'compare':
         out = _here(args.out) or str(project_path('reports') / 'compare')
         params = dict(runs=' '.join(args.runs), metric=args.metric, runs_dir=_here(args.runs_dir) or 'runs', out_dir=out)

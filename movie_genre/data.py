@@ -27,12 +27,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS',
+__all__ = ['DEFAULT_YEAR', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS',
            'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder', 'cache_dir', 'DataError', 'read_csv',
-           'resolve_path', 'parse_genres', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize', 'title_array',
-           'title_ngrams', 'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData', 'csv_line',
-           'load_split', 'read_labels', 'read_years', 'make_folds', 'RandomPosterWarp', 'train_transforms',
-           'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+           'resolve_path', 'parse_genres', 'parse_year', 'parse_years', 'median_year', 'poster_shape', 'read_poster',
+           'poster_cache', 'tokenize', 'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths',
+           'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels', 'read_years', 'make_folds',
+           'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps',
+           'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -84,6 +85,32 @@ def parse_genres(text) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
         raise ValueError(f'malformed genres {text!r}: expected a list of strings')
     return [g.strip() for g in value]
+
+# %% ../nbs/01_dataset.ipynb #faaecb8d
+DEFAULT_YEAR = 2000.0  # the fill for missing years when no movie has a year
+
+def parse_year(value) -> float:
+    "`value` as a year: NaN when empty (filled later with the run's `year_fill`); `ValueError` when not a finite number."
+    if value is None or value is pd.NA or (isinstance(value, str) and not value.strip()): return math.nan
+    if isinstance(value, (float, np.floating)) and math.isnan(value): return math.nan  # a CSV's empty cell
+    try: year = float(value)
+    except (TypeError, ValueError): raise ValueError(f'the year must be a number, not {str(value)!r}') from None
+    if not math.isfinite(year): raise ValueError(f'the year must be a finite number, not {str(value)!r}')
+    return year
+
+def parse_years(values) -> tuple[np.ndarray, dict[int, str]]:
+    "Each of `values` `parse_year`d: float64 years, NaN where empty or bad, and `{position: error}` of the bad ones."
+    years, errors = np.full(len(values), np.nan), {}
+    for i, value in enumerate(values):
+        try: years[i] = parse_year(value)
+        except ValueError as e: errors[i] = str(e)
+    return years, errors
+
+def median_year(years) -> float:
+    "The fill for missing years: the median of the known ones, `DEFAULT_YEAR` when none is known."
+    known = np.asarray(years, np.float64)
+    known = known[np.isfinite(known)]
+    return float(np.median(known)) if len(known) else DEFAULT_YEAR
 
 # %% ../nbs/01_dataset.ipynb #1fe24eab
 def poster_shape(image_size: int, aspect: float = 1.5) -> tuple[int, int]:
@@ -235,7 +262,7 @@ class MovieData:
     year: np.ndarray            # (N,) float32, missing years filled with `year_fill`
     labels: np.ndarray | None   # (N, G) float32 0/1; None for a test split
     genres: list[str]
-    year_fill: float = 2000.0   # the year given to movies without one: the training data's median
+    year_fill: float = DEFAULT_YEAR  # the year given to movies without one: the training data's median
 
     @property
     def ids(self) -> np.ndarray: return self.table['id'].to_numpy(dtype=np.int64, copy=True)
@@ -329,6 +356,9 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
         if not f.is_file(): problems.add(i, 'missing poster', f)
         elif f.stat().st_size == 0: problems.add(i, 'empty poster file', f)
 
+    years, year_errors = parse_years(table['year'].tolist())
+    for i in year_errors: problems.add(i, 'bad year', detail=repr(str(table['year'].iloc[i])))
+
     if labelled:
         parsed = []
         for i, text in enumerate(table['genres']):
@@ -366,9 +396,9 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
     images = images if keep.all() else np.ascontiguousarray(images[keep])
     table = table[keep].reset_index(drop=True)
     table['id'] = ids[keep].to_numpy(dtype=np.int64)
-    year = pd.to_numeric(table['year'], errors='coerce').to_numpy(dtype=np.float32, copy=True)
-    if year_fill is None: year_fill = float(np.nanmedian(year)) if np.isfinite(year).any() else 2000.0
-    year[~np.isfinite(year)] = year_fill
+    year = years[keep].astype(np.float32)
+    if year_fill is None: year_fill = median_year(year)
+    year[np.isnan(year)] = year_fill
     labels = None
     if labelled:
         labels = np.zeros((len(table), len(genres)), np.float32)
@@ -407,19 +437,22 @@ def read_labels(data_dir, ids, genres: list[str]) -> np.ndarray:
     return labels
 
 # %% ../nbs/01_dataset.ipynb #b0a854e9
-def read_years(data_dir, split: str, ids, fill: float | None = None) -> tuple[np.ndarray, float]:
-    "The years `(len(ids),)` of the movies `ids` in `data_dir/<split>.csv` and the fill of missing ones (default: train.csv's median)."
-    data_dir = project_path(data_dir)
-    table = read_csv(data_dir / f'{split}.csv', usecols=['id', 'year'])
-    if fill is None:
-        train = table if split == 'train' else read_csv(data_dir / 'train.csv', usecols=['id', 'year'])
-        known = pd.to_numeric(train['year'], errors='coerce').dropna()
-        fill = float(known.median()) if len(known) else 2000.0
-    years = pd.to_numeric(table['year'], errors='coerce').set_axis(pd.to_numeric(table['id'], errors='coerce')).fillna(fill)
-    years = years[~years.index.duplicated()]
-    absent = np.setdiff1d(ids, years.index)
-    if len(absent): raise ValueError(f'{len(absent)} ids are not in {data_dir / f"{split}.csv"}, e.g. {absent[:5].tolist()}')
-    return years.loc[np.asarray(ids)].to_numpy(np.float64), fill
+def read_years(data_dir, split: str, ids, fill: float) -> np.ndarray:
+    "The years `(len(ids),)` of the movies `ids` in `data_dir/<split>.csv`, missing ones `fill`; a bad year is a `DataError` naming its line."
+    csv = project_path(data_dir) / f'{split}.csv'
+    table = read_csv(csv, usecols=['id', 'year'])
+    table = table.assign(id=pd.to_numeric(table['id'], errors='coerce'), line=[csv_line(i) for i in range(len(table))])
+    table = table[~table['id'].duplicated()].set_index('id')
+    ids = np.asarray(ids)
+    absent = np.setdiff1d(ids, table.index)
+    if len(absent): raise ValueError(f'{len(absent)} ids are not in {csv}, e.g. {absent[:5].tolist()}')
+    rows = table.loc[ids]
+    years, errors = parse_years(rows['year'].tolist())
+    if errors:
+        bad = [f'line {rows["line"].iloc[i]} (id {ids[i]}): {e}' for i, e in list(errors.items())[:SHOWN_PROBLEMS]]
+        raise DataError(f'{len(errors)} bad year(s) in {csv}: ' + '; '.join(bad))
+    years[np.isnan(years)] = fill
+    return years
 
 # %% ../nbs/01_dataset.ipynb #bc9a4a95
 def make_folds(data: MovieData, n_folds: int = 8, seed: int = 42) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import project_path, read_years
+from .data import median_year, project_path, read_years
 from .runs import (CONFIG_FILE, FOLDS_FILE, RunResult, finished_folds, fold_list, load_run, mean_test_probs, oof_digest, run_path,
                               run_thresholds, save_thresholds, saved_thresholds, write_atomic)
 
@@ -111,6 +111,19 @@ def _combined(runs: list[RunResult], probs: np.ndarray, test: np.ndarray | None,
                    test_probs=test_probs, test_folds=sorted(set.intersection(*(set(r.test_folds) for r in runs))),
                    summaries=summaries, digest=digest, config_differences=[])
 
+def _member_tests(runs: list[RunResult]) -> list[np.ndarray] | None:
+    "The members' test probabilities `(N, G)` in one id order; None when a member has none; `ValueError` naming the runs when they predicted different movies."
+    tests = [r.test_probs for r in runs]
+    if any(t is None for t in tests): return None
+    first = runs[0]
+    for r, t in zip(runs[1:], tests[1:]):
+        if not t['id'].equals(tests[0]['id']):  # both sorted by id (`_restricted`)
+            only = sorted(set(tests[0]['id']) ^ set(t['id']))
+            raise ValueError(f'runs {first.name} and {r.name} predicted different test movies ({len(tests[0])} and {len(t)}, e.g. '
+                             f'id {only[0] if only else "?"} in one only): were they trained on other data? Train them again '
+                             f'(-p overwrite True) on the same data, or combine other runs')
+    return [t[first.genres].to_numpy() for t in tests]
+
 def _need_two_folds(run: RunResult, what: str):
     "Cross-fitting fits on the other folds: with one common fold there are none."
     if len(run.finished) < 2:
@@ -122,8 +135,7 @@ def blend_runs(runs: list[RunResult], weights='equal', runs_dir='runs') -> RunRe
     weights = parse_weights(weights, len(runs))
     probs, first = [r.probs for r in runs], runs[0]
     if weights == 'tuned': _need_two_folds(first, 'tuned weights')
-    tests = [r.test_probs for r in runs]
-    has_test = all(t is not None for t in tests) and all(t['id'].equals(tests[0]['id']) for t in tests)
+    tests = _member_tests(runs)
     if weights == 'tuned':
         final = tune_weights(probs, first.labels)
         oof = np.zeros_like(first.probs)
@@ -134,7 +146,7 @@ def blend_runs(runs: list[RunResult], weights='equal', runs_dir='runs') -> RunRe
     else:
         final = np.full(len(runs), 1 / len(runs)) if weights == 'equal' else np.array(weights)
         oof = np.tensordot(final, np.stack(probs), 1)
-    test = np.tensordot(final, np.stack([t[first.genres].to_numpy() for t in tests]), 1) if has_test else None
+    test = None if tests is None else np.tensordot(final, np.stack(tests), 1)
     how = dict(weights=weights, member_weights=[float(w) for w in final], stack=False)
     return _combined(runs, oof, test, ensemble_name([r.name for r in runs], weights), runs_dir, how)
 
@@ -157,17 +169,18 @@ def stack_runs(runs: list[RunResult], runs_dir='runs', data_dir=None, C: float =
     first = runs[0]
     _need_two_folds(first, 'stacking')
     data_dir = data_dir if data_dir is not None else first.config['data_dir']
-    year, fill = read_years(data_dir, 'train', first.ids)
+    split_ids = pd.read_csv(first.run_dir / FOLDS_FILE)['id'].to_numpy()  # the rows the members kept: their year_fill
+    fill = median_year(read_years(data_dir, 'train', split_ids, np.nan))
+    year = read_years(data_dir, 'train', first.ids, fill)
     X = _stack_features([r.probs for r in runs], year)
     oof = np.zeros_like(first.probs)
     for k in first.finished:
         here = first.fold_of == k
         oof[here] = _stack_probs(_fit_stack(X[~here], first.labels[~here], C), X[here])
     final = _fit_stack(X, first.labels, C)
-    test = None
-    if all(r.test_probs is not None for r in runs):
-        test_year, _ = read_years(data_dir, 'test', first.test_probs['id'].to_numpy(), fill)
-        test = _stack_probs(final, _stack_features([r.test_probs[first.genres].to_numpy() for r in runs], test_year))
+    tests, test = _member_tests(runs), None
+    if tests is not None:
+        test = _stack_probs(final, _stack_features(tests, read_years(data_dir, 'test', first.test_probs['id'].to_numpy(), fill)))
     ensemble = _combined(runs, oof, test, ensemble_name([r.name for r in runs], stack=True), runs_dir, dict(stack=True, weights='stacked', C=C))
     ensemble.config['stack_model'] = _stack_state(final, fill)
     return ensemble

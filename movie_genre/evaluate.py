@@ -5,7 +5,7 @@
 # %% ../nbs/04a_evaluation.ipynb #aa2fa062
 from __future__ import annotations
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import FlatConfig
-from .data import project_path
+from .data import project_path, same_folder
 from .metrics import (
     decode, distinct_colours, f1_scores, genre_table, plot_confusion_matrices, plot_genre_heatmap, plot_pr_curves,
     plot_roc_curves, threshold_table, tune_thresholds)
@@ -25,8 +25,8 @@ from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResu
 
 # %% auto #0
 __all__ = ['FIGURES', 'IN_SAMPLE', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
-           'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'make_submission',
-           'tta_comparison', 'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
+           'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'predict_test_split',
+           'make_submission', 'tta_comparison', 'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
 @dataclass
@@ -196,15 +196,43 @@ def write_submission(run: RunResult, thresholds, sample_file, out) -> Path:
     return out
 
 # %% ../nbs/04a_evaluation.ipynb #d87acd85
+def predict_test_split(run_name: str, data_dir, runs_dir='runs', metric: str | None = None, weights: str = 'equal',
+                       stack: bool = False) -> tuple[pd.DataFrame, list[int]]:
+    "`data_dir/test.csv` predicted by the saved fold models of a run or an ensemble: id + genre probabilities, and the ids of rows that could not be."
+    from movie_genre.predict import input_rows, load_predictor  # the one way to ask saved models about movies
+    test_csv = project_path(data_dir) / 'test.csv'
+    if not test_csv.is_file():
+        raise FileNotFoundError(f'no {test_csv}: the submission predicts the test split; put its test.csv, posters and title arrays '
+                                f'there (the competition layout), or give --data-dir the folder that has them')
+    predictor = load_predictor(run_name, runs_dir, metric=metric, weights=weights, stack=stack)
+    rows = input_rows(test_csv)
+    table = predictor.predict_table(rows)
+    ids, good = pd.to_numeric(rows['id']).to_numpy(), (table['error'] == '').to_numpy()
+    probs = pd.concat([pd.DataFrame({'id': ids[good]}), table.loc[good, predictor.genres].astype(float).reset_index(drop=True)], axis=1)
+    return probs, ids[~good].tolist()
+
+def _stored_test_fits(run: RunResult, data_dir, sample_file: Path) -> bool:
+    "Whether the test probabilities the run's folds wrote are of `data_dir`'s test split: its own data, every id of the sample (or skipped as bad)."
+    if run.test_probs is None or not same_folder(data_dir, run.config['data_dir']): return False
+    if not sample_file.is_file(): return True  # `write_submission` says what is missing
+    return set(pd.read_csv(sample_file)['id']) <= set(run.test_probs['id']) | set(run.skipped_test)
+
 def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str | None = None,
                     weights: str = 'equal', stack: bool = False) -> Path:
-    "Write the submission of run `run_name` (thresholds tuned for `metric` F1 on its OOF; default: the run's metric) to `out`; `data_dir` holds sample_submission.csv (default: the run's)."
-    run = load_any(run_name, runs_dir, data_dir, weights, stack)
+    "Write the submission of run `run_name` (thresholds tuned for `metric` F1 on its OOF; default: the run's metric) to `out`; `data_dir` holds sample_submission.csv and test.csv (default: the run's)."
+    labels_dir = data_dir if data_dir is not None and (project_path(data_dir) / 'train.csv').is_file() else None  # else the run's
+    run = load_any(run_name, runs_dir, labels_dir, weights, stack)
     data_dir = data_dir if data_dir is not None else run.config['data_dir']
-    saved = thresholds_for(run_name, runs_dir, metric, data_dir, weights, stack)  # the evaluation's, when it ran for this metric
+    saved = thresholds_for(run_name, runs_dir, metric, labels_dir, weights, stack)  # the evaluation's, when it ran for this metric
     by_genre = dict(zip(saved['genres'], saved['thresholds']))
-    out = write_submission(run, [by_genre[g] for g in run.genres], project_path(data_dir) / 'sample_submission.csv', out)
-    print(f'submission of {run.name} ({len(run.test_folds)} folds averaged, thresholds tuned for {saved["metric"]} F1) written to {out}')
+    sample_file = project_path(data_dir) / 'sample_submission.csv'
+    if _stored_test_fits(run, data_dir, sample_file): source = f'{len(run.test_folds)} folds\' test probabilities averaged'
+    else:
+        probs, failed = predict_test_split(run_name, data_dir, runs_dir, saved['metric'], weights, stack)
+        run = replace(run, test_probs=probs[['id', *run.genres]], skipped_test=failed)
+        source = f'{project_path(data_dir) / "test.csv"} predicted by the saved fold models'
+    out = write_submission(run, [by_genre[g] for g in run.genres], sample_file, out)
+    print(f'submission of {run.name} ({source}, thresholds tuned for {saved["metric"]} F1) written to {out}')
     return out
 
 # %% ../nbs/04a_evaluation.ipynb #0ab02ca1

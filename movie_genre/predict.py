@@ -6,6 +6,7 @@
 from __future__ import annotations
 import gzip
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import (WORD_VECTORS_FILE, MovieData, MovieDataset, eval_transforms, make_loader, poster_shape, project_path,
-                              read_poster, title_lengths, tokenize)
+from .data import (WORD_VECTORS_FILE, DataError, MovieData, MovieDataset, eval_transforms, make_loader, parse_year,
+                              parse_years, poster_shape, project_path, read_csv, read_poster, resolve_path, title_lengths, tokenize)
 from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
 from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, fold_list, run_thresholds
 from .metrics import decode
@@ -119,6 +120,8 @@ def _missing(value) -> bool:
     "True for None and NaN (a CSV's empty cell)."
     return value is None or (isinstance(value, float) and np.isnan(value))
 
+def _no_year_note(year_fill: float) -> str: return f'no year: used {year_fill:g}, the median year of the training data'
+
 def _word_vectors(predictor: Predictor, vectors, titles: Iterable) -> WordVectors | None:
     "`vectors` (path, `WordVectors` or mapping; default: the run's data's `word_vectors.txt`) as `WordVectors`, reading only the tokens of `titles` from a file."
     if vectors is None: vectors = predictor.default_vectors
@@ -171,12 +174,10 @@ def _prepare(predictor: Predictor, poster, title=None, title_array=None, year=No
     try: image = read_poster(poster, poster_shape(predictor.config.image_size, predictor.config.aspect))
     except Exception as e: raise ValueError(f'cannot read the poster {poster}: {type(e).__name__}: {e}') from e
     array, unknown, notes = _title_input(predictor, title, title_array, vectors, no_title)
-    if _missing(year):
+    year = parse_year(year)  # the data module's rule, as in training: empty is allowed, anything else must be a number
+    if math.isnan(year):
         year = predictor.year_fill
-        if predictor.uses_year: notes.append(f'no year: used {year:g}, the median year of the training data')
-    try: year = float(year)
-    except (TypeError, ValueError): raise ValueError(f'the year must be a number, not {year!r}') from None
-    if not np.isfinite(year): raise ValueError(f'the year must be a finite number, not {year!r}')
+        if predictor.uses_year: notes.append(_no_year_note(year))
     return dict(poster=str(poster), title=None if _missing(title) else str(title), year=year, image=image,
                 title_array=array, title_text=None if no_title or _missing(title) else str(title), unknown_words=unknown, notes=notes)
 
@@ -206,6 +207,14 @@ def _results(predictor: Predictor, items: list[dict]) -> list[dict]:
                             probabilities={g: float(x) for g, x in zip(predictor.genres, p)},
                             unknown_words=item['unknown_words'], notes=item['notes']))
     return results
+
+def _report_bad(table: pd.DataFrame):
+    "Print how many rows of a `predict_table` could not be predicted, naming the first ten and why."
+    bad = table[table['error'] != '']
+    if not len(bad): return
+    lines = [f'  row {i} ({r.poster if r.poster is not None else r.title}): {r.error}' for i, r in bad.head(10).iterrows()]
+    more = [f'  ... and {len(bad) - 10} more'] if len(bad) > 10 else []
+    print('\n'.join([f'{len(bad)} of {len(table)} movies could not be predicted:', *lines, *more]))
 
 def _table_row(genres: list[str], result: dict | None, row: dict, error: str = '') -> dict:
     "One output row: the inputs, the genres, a probability column per genre, the report and any error."
@@ -283,13 +292,14 @@ class Predictor:
         return _results(self, [_prepare(self, poster, title, title_array, year, vectors, no_title)])[0]
 
     def explain(self, poster, title: str | None = None, title_array=None, year: float | None = None, vectors=None,
-                no_title: bool = False, genres: list[str] | None = None):
-        "A figure of the poster and its Grad-CAM map for each of `genres` (default: its predicted ones), averaged over the fold models."
+                no_title: bool = False, genres: list[str] | None = None, probabilities: dict | None = None):
+        "A figure of the poster and its Grad-CAM map for each of `genres` (default: its predicted ones), averaged over the fold models; the panels show `probabilities` (an ensemble's; default: this run's)."
         from movie_genre.explain import gradcam, cam_layer
         cam_layer(self.models[0])  # a clear error for a model without a poster network
         vectors = _word_vectors(self, vectors, [title]) if _missing(title_array) and not no_title else None
         item = _prepare(self, poster, title, title_array, year, vectors, no_title)
         result = _results(self, [item])[0]
+        if probabilities is not None: result = {**result, 'probabilities': dict(probabilities)}
         genres = genres or list(result['genres'])
         data = MovieData(pd.DataFrame({'id': [0], 'title': [item['title_text']]}), item['image'][None], item['title_array'][None],
                          title_lengths(item['title_array'][None]), np.array([item['year']], np.float32), None, self.genres)
@@ -315,11 +325,7 @@ class Predictor:
                 results = dict(zip(prepared, _results(self, list(prepared.values()))))
                 out += [_table_row(self.genres, results.get(i), row, errors.get(i, '')) for i, row in enumerate(chunk)]
         table = pd.DataFrame(out, columns=list(_table_row(self.genres, None, {})))
-        bad = table[table['error'] != '']
-        if len(bad) and report_bad:
-            lines = [f'  row {i} ({r.poster}): {r.error}' for i, r in bad.head(10).iterrows()]
-            more = [f'  ... and {len(bad) - 10} more'] if len(bad) > 10 else []
-            print('\n'.join([f'{len(bad)} of {len(table)} movies could not be predicted:', *lines, *more]))
+        if report_bad: _report_bad(table)
         return table
 
 # %% ../nbs/06_predict.ipynb #def300e7
@@ -358,11 +364,19 @@ class TfidfPredictor:
     def predict_table(self, rows, vectors=None, no_title: bool = False, progress: bool = True, report_bad: bool = True) -> pd.DataFrame:
         rows = rows.to_dict('records') if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
         titles = [None if no_title or _missing(r.get('title')) else str(r.get('title')) for r in rows]
-        years = np.array([self.year_fill if _missing(r.get('year')) else float(r['year']) for r in rows])
+        years, errors = parse_years([r.get('year') for r in rows])  # a bad year fails its row alone
+        missing = np.isnan(years)
+        years[missing] = self.year_fill
         probs = np.mean([m.predict_proba(titles, years) for m in self.models], axis=0)
-        base = pd.DataFrame([_table_row(self.genres, None, {**r, 'year': y}) for r, y in zip(rows, years)])
-        base['error'], base['notes'], base['unknown_words'] = '', ['no title' if t is None else '' for t in titles], [[] for _ in rows]
-        return _decoded_table(rows, self.genres, probs, self.thresholds, self.max_genres, base)
+        base = pd.DataFrame([_table_row(self.genres, None, {**r, 'year': r.get('year') if i in errors else y})
+                             for i, (r, y) in enumerate(zip(rows, years))], columns=list(_table_row(self.genres, None, {})))
+        base['error'] = [errors.get(i, '') for i in range(len(rows))]
+        base['notes'] = ['; '.join((['no title'] if t is None else []) + ([_no_year_note(self.year_fill)] if m and i not in errors else []))
+                         for i, (t, m) in enumerate(zip(titles, missing))]
+        base['unknown_words'] = [[] for _ in rows]
+        table = _decoded_table(rows, self.genres, probs, self.thresholds, self.max_genres, base)
+        if report_bad: _report_bad(table)
+        return table
 
     def predict(self, poster=None, title: str | None = None, title_array=None, year: float | None = None, vectors=None,
                 no_title: bool = False) -> dict:
@@ -397,12 +411,12 @@ class EnsemblePredictor:
         base = next((t for m, t in zip(self.members, tables) if not isinstance(m, TfidfPredictor)), tables[0]).copy()
         base['error'] = [next((e for e in errs if e), '') for errs in zip(*(t['error'] for t in tables))]
         member_probs = [t[self.genres].to_numpy(np.float64) for t in tables]
-        if self.stack_state is not None:
-            probs = apply_stack(self.stack_state, [np.nan_to_num(p, nan=0.5) for p in member_probs], base['year'].to_numpy(np.float64))
+        if self.stack_state is not None:  # a bad year is its row's error (from the members); empty ones get the stack's fill
+            years, _ = parse_years([r.get('year') for r in rows])
+            probs = apply_stack(self.stack_state, [np.nan_to_num(p, nan=0.5) for p in member_probs], years)
         else: probs = np.tensordot(np.array(self.how['member_weights']), np.stack(member_probs), 1)
         table = _decoded_table(rows, self.genres, probs, self.thresholds, self.max_genres, base)
-        bad = table[table['error'] != '']
-        if len(bad) and report_bad: print(f'{len(bad)} of {len(table)} movies could not be predicted, e.g. row {bad.index[0]}: {bad.error.iloc[0]}')
+        if report_bad: _report_bad(table)
         return table
 
     def predict(self, poster, title: str | None = None, title_array=None, year: float | None = None, vectors=None,
@@ -445,8 +459,16 @@ def _named_rows(posters: list[Path]) -> pd.DataFrame:
     return pd.DataFrame({'poster': [str(p) for p in posters], 'title': [p.stem.replace('_', ' ') for p in posters],
                          'year': None, 'title_array': None})
 
+def _csv_path(text, csv: Path, competition: bool) -> str | None:
+    "A path of a CSV cell: relative to the CSV's folder; in the competition layout, a Kaggle path resolved there as the data module does."
+    if text is None: return None
+    if competition:
+        try: return str(resolve_path(text, csv.parent))
+        except DataError: pass  # not `<folder>/<file>`: taken as written, and its row reports the missing file
+    return str(csv.parent / Path(str(text)).expanduser())
+
 def input_rows(inputs) -> pd.DataFrame:
-    "The rows (poster, title, year, title_array) of a poster file, a folder of posters or a CSV file."
+    "The rows (id when the CSV has one, poster, title, year, title_array) of a poster file, a folder of posters or a CSV file."
     inputs = Path(inputs).expanduser()
     if inputs.is_dir():
         posters = sorted(p for p in inputs.iterdir() if p.is_file() and _is_poster_file(p))
@@ -455,14 +477,17 @@ def input_rows(inputs) -> pd.DataFrame:
     if _is_poster_file(inputs): return _named_rows([inputs])  # a missing file is reported in its row
     if not inputs.is_file(): raise FileNotFoundError(f'no poster, folder or CSV file {inputs}')
     if inputs.suffix.lower() != '.csv': raise ValueError(f'{inputs} is neither a poster ({", ".join(IMAGE_SUFFIXES)}) nor a .csv file')
-    table = pd.read_csv(inputs)
-    if 'poster' not in table.columns: raise ValueError(f'{inputs} has no poster column; its columns are {list(table.columns)}')
+    table = read_csv(inputs)
+    competition = 'poster' not in table.columns and 'path' in table.columns  # the data's own layout: id,path,w2v_path,title,year
+    if competition: table = table.rename(columns={'path': 'poster', 'w2v_path': 'title_array'})
+    if 'poster' not in table.columns:
+        raise ValueError(f'{inputs} has neither a poster column (poster,title,year[,title_array]) nor the competition\'s '
+                         f'(id,path,w2v_path,title,year); its columns are {list(table.columns)}')
     for column in ('title', 'year', 'title_array'):
         if column not in table.columns: table[column] = None
     table = table.astype(object).where(table.notna(), None)
-    for column in ('poster', 'title_array'):  # paths relative to the CSV's folder
-        table[column] = [None if p is None else str(inputs.parent / Path(str(p)).expanduser()) for p in table[column]]
-    return table[['poster', 'title', 'year', 'title_array']]
+    for column in ('poster', 'title_array'): table[column] = [_csv_path(p, inputs, competition) for p in table[column]]
+    return table[(['id'] if 'id' in table.columns else []) + ['poster', 'title', 'year', 'title_array']]
 
 def _explanation_figure(image: np.ndarray, maps: dict, result: dict, name: str):
     "The poster, then its Grad-CAM map for each genre, with the genre's probability."
@@ -504,6 +529,7 @@ def predict_files(predictor: Predictor, inputs, vectors=None, out=None, title: s
                              f'pass vectors= (a word2vec or GloVe file), or no_title=True to predict from the posters alone')
         rows = pd.concat([input_rows(p) for p in paths], ignore_index=True)
         table = predictor.predict_table(rows, vectors, no_title, progress=progress)
+        if 'id' in rows.columns: table.insert(0, 'id', rows['id'].to_numpy())  # a CSV's own ids, for joining back
     if explain_dir is not None: table['explanation'] = _write_explanations(predictor, table, paths, explain_dir, vectors, no_title, title_array)
     if out is not None:
         out = Path(out).expanduser()
@@ -519,17 +545,19 @@ def _write_explanations(predictor, table: pd.DataFrame, paths, folder, vectors, 
     arrays = {}
     if len(paths) == 1 and _is_poster_file(paths[0]): arrays[str(paths[0])] = title_array
     else: arrays = {r['poster']: r['title_array'] for r in pd.concat([input_rows(p) for p in paths]).to_dict('records')}
-    for row in table.itertuples():
-        if row.error: written.append(None); continue
-        fig, _ = explainer.explain(row.poster, row.title, arrays.get(row.poster), row.year, vectors, no_title, list(row.genres))
-        path = folder / f'{Path(row.poster).stem}.gradcam.png'
+    for row in table.to_dict('records'):
+        if row['error']: written.append(None); continue
+        probabilities = {g: row[g] for g in predictor.genres}  # the predictor's (an ensemble's), not its explainer's
+        fig, _ = explainer.explain(row['poster'], row['title'], arrays.get(row['poster']), row['year'], vectors, no_title,
+                                   list(row['genres']), probabilities)
+        path = folder / f'{Path(row["poster"]).stem}.gradcam.png'
         fig.savefig(path, dpi=110, bbox_inches='tight'); plt.close(fig)
         written.append(str(path))
     return written
 
 # %% ../nbs/06_predict.ipynb #e2068bcd
 def predict_cli(args) -> pd.DataFrame:
-    "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out, no_title."
+    "`movie-genre predict`: `args` has run_name, runs_dir, fold, inputs, title, year, title_array, vectors, out, no_title; the table (the command exits 1 when a row has an `error`)."
     predictor = load_predictor(args.run_name, args.runs_dir, args.fold, metric=args.metric, weights=args.weights, stack=args.stack)
     explain_dir = (Path(args.out).parent if args.out else Path.cwd()) if args.explain else None
     table = predict_files(predictor, args.inputs, args.vectors, args.out, args.title, args.year, args.title_array,

@@ -116,7 +116,8 @@ def train_tfidf_fold(cfg: TfidfConfig, data: MovieData | None = None, test: Movi
             print(f'fold {cfg.fold} of {cfg.run_name} is finished' + (f', with other settings ({", ".join(f"{k} {v!r}, was {w!r}" for k, (w, v) in changed.items())})'
                   if changed else '') + '; overwrite (-p overwrite True) fits it again')
             return pd.read_csv(out / SUMMARY_FILE).iloc[-1].to_dict()
-        (out / OOF_FILE).unlink(missing_ok=True)  # unfinished until the new one is written: a crash never leaves a stale fold
+        for stale in (OOF_FILE, TEST_FILE):  # unfinished until the new oof.csv is written, and no old test split to average in
+            (out / stale).unlink(missing_ok=True)
         start = time.time()
         data = data if data is not None else load_split(cfg.data_dir, 'train', 32, 1.5, cfg.on_bad, out)  # posters unused: smallest cache
         if test is None and (project_path(cfg.data_dir) / 'test.csv').exists():

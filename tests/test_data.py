@@ -79,6 +79,12 @@ def sets_genres(text):
         table.loc[i, 'genres'] = text
     return breaker
 
+def sets_year(value):
+    def breaker(demo, table, i):
+        table['year'] = table['year'].astype(object)
+        table.loc[i, 'year'] = value
+    return breaker
+
 def duplicate_id(demo, table, i):
     table.loc[i, 'id'] = table.id[i - 1]  # row i-1 keeps its id: both rows are bad
 
@@ -98,6 +104,8 @@ BAD = {  # case: (breaker, the kind of problem the message names)
     'unknown genre': (sets_genres("['Drama', 'Westren']"), "unknown genre (['Westren']"),
     'malformed genres': (sets_genres('Drama|Comedy'), 'malformed genres'),
     'no genre': (sets_genres('[]'), 'no genre'),
+    'year not a number': (sets_year('soon'), "bad year ('soon')"),
+    'infinite year': (sets_year('inf'), "bad year ('inf')"),
     'duplicate id': (duplicate_id, 'duplicate id'),
 }
 

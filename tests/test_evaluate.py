@@ -66,3 +66,43 @@ def test_a_one_fold_run_is_reported_as_scored_in_sample(tmp_path, capsys):
     assert 'tuned, cross-fitted' not in ev.scores.index and 'no cross-fitted row' in report and 'the honest estimate for unseen' not in report
     evaluate_command({'run_name': 'one', 'runs_dir': str(runs), 'reports_dir': str(tmp_path / 'reports'), 'explain': False})
     assert 'in sample' in capsys.readouterr().out
+
+
+def test_a_run_without_test_probabilities_is_submitted_from_its_saved_fold_models(tmp_path):
+    "Submitting with test_probs.csv, without it (a run trained before its test split arrived) and with --data-dir elsewhere gives one file."
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = make_demo(tmp_path / 'data', n_train=48, n_test=10), tmp_path / 'runs'
+    for k in (1, 2):
+        train_fold(TrainConfig(data_dir=str(data), runs_dir=str(runs), run_name='n', folds=2, fold=k, epochs=1, image_size=32))
+        train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name='t', folds=2, fold=k))
+    bare = shutil.copytree(runs, tmp_path / 'bare_runs')
+    for stored in bare.glob('*/fold*/test_probs.csv'): stored.unlink()
+    later = shutil.copytree(data, tmp_path / 'later')  # the test split given again, from another folder
+    for spec, stack in (('n', False), ('t', False), ('n,t', True)):
+        kwargs = dict(weights='equal', stack=stack)
+        stored = pd.read_csv(make_submission(spec, out=tmp_path / 'stored.csv', runs_dir=runs, **kwargs))
+        predicted = pd.read_csv(make_submission(spec, out=tmp_path / 'predicted.csv', runs_dir=bare, **kwargs))
+        elsewhere = pd.read_csv(make_submission(spec, later, out=tmp_path / 'elsewhere.csv', runs_dir=runs, **kwargs))
+        assert stored.equals(predicted) and stored.equals(elsewhere), spec
+        validate_submission(predicted, pd.read_csv(data / 'sample_submission.csv'))
+
+
+def test_a_stack_fills_a_missing_year_as_its_members_do(tmp_path):
+    "With on_bad='skip' the members fill missing years with the kept rows' median; the stack takes that fill, not all rows'."
+    from movie_genre.ensemble import load_ensemble
+    from movie_genre.predict import load_predictor
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = make_demo(tmp_path / 'data', n_train=48, n_test=6), tmp_path / 'runs'
+    train = pd.read_csv(data / 'train.csv')
+    train['year'] = train['year'].astype(float)
+    for i in range(8):  # skipped rows (unreadable posters) with early years: they would move the median of all rows
+        (data / 'train' / f'{train.id[i]}.jpg').write_bytes(b'not a poster')
+        train.loc[i, 'year'] = 1900.0
+    train.loc[10, 'year'] = np.nan
+    train.to_csv(data / 'train.csv', index=False)
+    for name, C in (('a', 1.0), ('b', 4.0)):
+        for k in (1, 2):
+            train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name=name, folds=2, fold=k, C=C, on_bad='skip'))
+    kept = float(train['year'][8:].median())
+    assert kept != float(train['year'].median()) and load_predictor('a', runs).year_fill == kept
+    assert load_ensemble('a,b', runs, stack=True, verbose=False).config['stack_model']['year_fill'] == kept

@@ -312,3 +312,71 @@ def test_a_tfidf_run_and_ensembles_predict_as_they_were_evaluated(run):
     assert np.allclose(list(got.values()), (fold1('p') + fold1('t1')) / 2, atol=1e-5)
     assert np.allclose(load_ensemble('p,t1', run.runs, verbose=False).test_probs.set_index('id').loc[movie.id, DEMO_GENRES],
                        (fold1('p') + fold1('t1')) / 2)
+
+
+def tfidf_run(run, name='t'):
+    "A TF-IDF run of two folds beside the network run 'p' (left alone when already trained)."
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    for k in (1, 2): train_tfidf_fold(TfidfConfig(fold=k, folds=2, data_dir=str(run.data), runs_dir=str(run.runs), run_name=name))
+
+
+def test_a_bad_year_fails_its_row_alone_in_every_predictor(run, capsys):
+    "One bad year in a batch is that row's error, named, for a network, a TF-IDF run, a blend and a stack; the others are predicted."
+    from movie_genre.predict import load_predictor
+    tfidf_run(run)
+    movies = run.test.head(3)
+    rows = pd.DataFrame({'poster': [str(run.data / 'test' / f'{i}.jpg') for i in movies.id], 'title': movies.title.tolist(),
+                         'title_array': [str(run.data / 'test_w2v' / f'{i}.npy') for i in movies.id],
+                         'year': [movies.year.iloc[0], 'soon', None]})
+    for spec, stack in (('p', False), ('t', False), ('p,t', False), ('p,t', True)):
+        predictor = load_predictor(spec, run.runs, stack=stack)
+        capsys.readouterr()
+        table = predictor.predict_table(rows, progress=False)
+        assert "the year must be a number, not 'soon'" in table.error[1] and pd.isna(table.Drama[1]), (spec, table.error[1])
+        assert list(table.error[[0, 2]]) == ['', ''] and all(table.genres[[0, 2]]), spec
+        said = capsys.readouterr().out
+        assert '1 of 3 movies could not be predicted' in said and 'row 1 (' in said, (spec, said)
+        alone = predictor.predict_table(rows.iloc[[0, 2]], progress=False)  # the bad row changes nothing for the others
+        assert np.allclose(alone[DEMO_GENRES].to_numpy(np.float64), table.loc[[0, 2], DEMO_GENRES].to_numpy(np.float64)), spec
+        assert 'no year' in table.notes[2] and table.year[2] == predictor.year_fill, spec
+
+
+def test_predict_exits_1_when_a_row_fails_after_writing_the_others(run, tmp_path):
+    from movie_genre.cli import main
+    first = run.test.id[0]
+    pd.DataFrame({'poster': [f'{first}.jpg', 'missing.jpg'], 'title_array': [str(run.data / 'test_w2v' / f'{first}.npy')] * 2}
+                 ).to_csv(run.data / 'test' / 'movies.csv', index=False)  # poster paths relative to the CSV's folder
+    out = tmp_path / 'pred.csv'
+    with pytest.raises(SystemExit) as exit:
+        main(['predict', '--run-name', 'p', '--runs-dir', str(run.runs), str(run.data / 'test' / 'movies.csv'), '--out', str(out)])
+    written = pd.read_csv(out, keep_default_na=False)
+    assert exit.value.code == 1 and len(written) == 2 and written.error[0] == '' and 'no poster file' in written.error[1]
+    (run.data / 'test' / 'movies.csv').unlink()
+
+
+def test_the_competition_csv_is_predicted_as_training_predicted_it(run):
+    "The data's own test.csv (id,path,w2v_path,title,year; Kaggle paths resolved under the CSV's folder) gives the test_probs.csv numbers, ids kept."
+    tfidf_run(run)
+    from movie_genre.predict import load_predictor
+    for name in ('p', 't'):
+        table = predict_files(load_predictor(name, run.runs), run.data / 'test.csv', progress=False)
+        written = np.mean([pd.read_csv(run.runs / name / f'fold{k}' / 'test_probs.csv').set_index('id').loc[run.test.id, DEMO_GENRES]
+                           for k in (1, 2)], axis=0)
+        assert list(table.columns[:2]) == ['id', 'poster'] and table['id'].tolist() == run.test.id.tolist(), name
+        assert (table.error == '').all() and np.allclose(table[DEMO_GENRES].to_numpy(np.float64), written, atol=1e-5), name
+
+
+def test_explain_on_an_ensemble_titles_the_maps_with_the_ensemble_probabilities(run, tmp_path, monkeypatch):
+    import movie_genre.predict as predict_module
+    from movie_genre.predict import load_predictor
+    tfidf_run(run)
+    shown, draw = [], predict_module._explanation_figure
+    monkeypatch.setattr(predict_module, '_explanation_figure', lambda image, maps, result, name: shown.append(result) or draw(image, maps, result, name))
+    movie = run.test.iloc[0]
+    poster, array = run.data / 'test' / f'{movie.id}.jpg', run.data / 'test_w2v' / f'{movie.id}.npy'
+    stacked = load_predictor('p,t', run.runs, stack=True)
+    table = predict_files(stacked, poster, title=movie.title, title_array=array, year=movie.year, explain_dir=tmp_path)
+    ensemble = {g: table[g][0] for g in DEMO_GENRES}
+    member = stacked.members[0].predict(poster, movie.title, array, movie.year)['probabilities']
+    assert len(shown) == 1 and shown[0]['probabilities'] == pytest.approx(ensemble) and shown[0]['probabilities'] != pytest.approx(member)
+    assert (tmp_path / f'{movie.id}.gradcam.png').is_file()
