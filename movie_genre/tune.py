@@ -107,7 +107,9 @@ def shown_url(url: str) -> str:
 def open_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
     "The study database at `url` with a heartbeat every `heartbeat` s: a trial silent for 3 heartbeats is failed and retried by the next worker."
     import sqlalchemy
-    parsed = sqlalchemy.engine.make_url(url)
+    try: parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError: raise ValueError(f'--storage {url!r} is not a database URL: e.g. sqlite:///runs/study.db or postgresql://user:password@host/database') from None
+    driver = parsed.set(drivername='postgresql+psycopg') if parsed.drivername == 'postgresql' else parsed  # psycopg 3, whatever SQLAlchemy's default
     sqlite = parsed.get_backend_name() == 'sqlite'
     if sqlite and parsed.database not in (None, '', ':memory:'): Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = {'connect_args': {'timeout': 60}} if sqlite else {'pool_pre_ping': True}  # SQLite: wait for a writer, not 'database is locked'
@@ -115,7 +117,7 @@ def open_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                return optuna.storages.RDBStorage(driver.render_as_string(hide_password=False), engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                                   heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         except sqlalchemy.exc.OperationalError as e:
             if attempt == 2: raise RuntimeError(f'cannot open the study database {shown_url(url)}: {str(e).splitlines()[0]}') from None
