@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     "The `movie-genre` argument parser."
     from movie_genre.evaluate import EvaluateConfig
     from movie_genre.tfidf import TfidfConfig
+    from movie_genre.tune import SEARCH_SPACE
     parser = argparse.ArgumentParser(prog='movie-genre', description='Predict movie genres from posters and titles.',
                                      formatter_class=_Help)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -199,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--folds', type=parse_folds, help="e.g. 1-8 or 1,3 (default: every fold of the run's split; of -p folds for a new run)")
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a training parameter (repeatable)')
     p.add_argument('--gpus', help='comma-separated GPU ids: one fold per GPU at a time')
+    p.add_argument('--from-study', metavar='STUDY', help="the recipe of the best trial of a `movie-genre tune` study (-p values given here override it)")
+    p.add_argument('--storage', help='the study database of --from-study (default: sqlite:///runs/<study>.db)')
+    p = command('tune', "search recipes with Optuna: each trial trains one recipe on --folds into runs/<study>-t<n>/ and is scored by "
+                "their pooled, cross-fitted out-of-fold F1; the same command elsewhere, on the same --storage, joins the study",
+                epilog='the default search space (movie_genre.tune.SEARCH_SPACE; -p fixes a parameter, --space changes ranges):\n'
+                       + '\n'.join(f'  {n:<16} {s}' for n, s in SEARCH_SPACE.items()))
+    p.add_argument('--study', required=True, help='the study name; its trials train into runs/<study>-t<n>/')
+    p.add_argument('--storage', help='SQLAlchemy URL of the study database shared by every worker, e.g. postgresql://user:pw@host/db '
+                   '(default: the SQLite file runs/<study>.db, for one machine)')
+    p.add_argument('--n-trials', type=int, help='trials for this worker (each --gpus worker runs as many); default: until --timeout or Ctrl-C')
+    p.add_argument('--timeout', type=float, help='seconds after which this worker starts no new trial')
+    p.add_argument('--folds', type=parse_folds, default='1-2', help='the folds each trial trains (two or more: the score is cross-fitted)')
+    p.add_argument('--metric', choices=('macro', 'micro'), default='macro', help='the F1 the study maximises')
+    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a training parameter fixed for every trial (repeatable)')
+    p.add_argument('--space', help='a JSON or YAML file of ranges that replace or add to the default search space ({"lr": {"low": 0.001, '
+                   '"high": 0.01, "log": true}, "loss": {"choices": ["bce"]}, "mixup": null}: null removes one)')
+    p.add_argument('--gpus', help='comma-separated GPU ids: one worker process per GPU')
+    p.add_argument('--heartbeat', type=int, default=60, help="seconds between a running trial's heartbeats; a trial silent for three is "
+                   'failed and retried by the next worker (a killed worker, a lost machine)')
+    p.add_argument('--seed', type=int, help="the sampler's seed")
+    p.add_argument('--report', action='store_true', help='only write the report of the study into reports/<study>/ (trials, history, importances, best recipe)')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
                 epilog='evaluation parameters (-p NAME VALUE):\n' + EvaluateConfig.parameter_help())
     p.add_argument('--run-name', required=True, help='the run to evaluate, or runs a,b,... (an ensemble: see -p weights, -p stack)')
@@ -277,8 +299,16 @@ def _run(args, parser):
         for fold in folds_to_train(TfidfConfig, params, args.folds): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
     elif args.command == 'train':
         params = _command_line_params(TrainConfig, args.param, parser, run_name=args.run_name)
+        if args.from_study:
+            from movie_genre.tune import recipe_of_study
+            params = {**recipe_of_study(args.from_study, args.storage, params.get('runs_dir', 'runs')), **params}
         table = train_folds(params, args.folds, check_gpus(args.gpus.split(',')) if args.gpus else None)
         if (table['status'] == 'failed').any(): sys.exit(1)
+    elif args.command == 'tune':
+        from movie_genre.tune import tune_command
+        tune_command(args.study, args.storage, args.n_trials, args.timeout, args.folds, args.metric,
+                     _command_line_params(TrainConfig, args.param, parser), _here(args.space),
+                     check_gpus(args.gpus.split(',')) if args.gpus else None, args.report, args.heartbeat, args.seed)
     elif args.command == 'evaluate':
         from movie_genre.evaluate import EvaluateConfig
         evaluate_command(_command_line_params(EvaluateConfig, args.param, parser, run_name=args.run_name))
