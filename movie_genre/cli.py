@@ -5,25 +5,112 @@
 # %% ../nbs/07_cli.ipynb #7ef30313
 from __future__ import annotations
 import argparse
+import contextlib
 import json
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from .data import DataError, project_path, project_root
-from .runs import (CONFIG_FILE, FOLDS_FILE, LOGS_DIR, SPLIT_FILE, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, fold_list,
-                              lock_holder, run_path)
-from .train import CheckpointError, TrainConfig
+# Only the standard library at import: `movie-genre --help` and argument parsing must not wait seconds for torch and
+# pandas; each command imports what it uses.
 
 # %% auto #0
-__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'folds_to_train', 'train_folds', 'cli_words',
-           'ensemble_options', 'build_parser', 'run_notebook', 'main', 'evaluate_command', 'quickstart']
+__all__ = ['CHILDREN', 'Stopped', 'ChildProcesses', 'stopping_on_signals', 'stream_output', 'parse_folds', 'notebook_path',
+           'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural', 'folds_to_train', 'train_folds',
+           'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed', 'run_notebook', 'check_runs', 'main',
+           'compare_command', 'evaluate_command', 'quickstart']
+
+# %% ../nbs/07_cli.ipynb #c41d0002
+class Stopped(KeyboardInterrupt):
+    "SIGINT or SIGTERM reached the command: its child processes are stopped, and it exits with 128 + `signum`."
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+def _process_tree(pid: int) -> list:
+    "The process `pid` and its descendants, as psutil processes (which check that a pid was not reused)."
+    import psutil
+    try: root = psutil.Process(pid); return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess: return []
+
+def _running(process) -> bool:
+    import psutil
+    try: return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess: return False
+
+def _send(processes: list, signum: int):
+    import psutil
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess): process.send_signal(signum)
+
+class ChildProcesses:
+    "The processes a command starts, each in a session of its own, and stopped together by `stop`."
+    def __init__(self, grace: float = 5.0):
+        self.grace, self.stopping, self.depth, self._procs, self._lock = grace, None, 0, set(), threading.Lock()
+
+    def start(self, command: list, **popen) -> subprocess.Popen:
+        "`subprocess.Popen(command, **popen)` in a new session; `Stopped` instead once stopping has begun."
+        with self._lock:
+            if self.stopping: raise Stopped(self.stopping)
+            proc = subprocess.Popen(command, start_new_session=True, **popen)
+            self._procs.add(proc)
+        return proc
+
+    def ended(self, proc: subprocess.Popen):
+        with self._lock: self._procs.discard(proc)
+
+    def stop(self, signum: int = signal.SIGTERM):
+        "Send `signum` to every child and its descendants, then SIGKILL to those left after `grace` seconds; a second call kills at once."
+        with self._lock:
+            again, self.stopping = self.stopping is not None, self.stopping or signum
+            processes = [p for proc in self._procs for p in _process_tree(proc.pid)]
+        _send(processes, signal.SIGKILL if again else signum)
+        self._wait(processes, self.grace)
+        left = [q for p in processes if _running(p) for q in _process_tree(p.pid)]
+        _send(left, signal.SIGKILL)
+        self._wait(left, 2.0)  # a killed process is gone a moment later
+
+    @staticmethod
+    def _wait(processes: list, seconds: float):
+        deadline = time.monotonic() + seconds
+        while any(map(_running, processes)) and time.monotonic() < deadline: time.sleep(0.05)
+
+CHILDREN = ChildProcesses()  # the processes this command started
+
+@contextlib.contextmanager
+def stopping_on_signals(children: ChildProcesses = CHILDREN):
+    "Inside, SIGINT and SIGTERM stop `children` and raise `Stopped` (from the main thread; elsewhere signals stay as they are)."
+    if children.depth == 0: children.stopping = None  # a new command (or a notebook's next call) starts afresh
+    children.depth += 1
+    main = threading.current_thread() is threading.main_thread()
+    def on_signal(signum, frame):
+        first = children.stopping is None
+        children.stop(signum)
+        if first: raise Stopped(signum)
+    before = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try: yield children
+    finally:
+        for s, handler in before.items(): signal.signal(s, handler)
+        children.depth -= 1
+
+def stream_output(command: list, log: Path, echo=lambda line: False, env: dict | None = None,
+                  children: ChildProcesses = CHILDREN) -> int:
+    "Run `command` as one of `children`; each line of its output goes to `log` at once (so `tail -f` follows it), and to the console when `echo(line)`; its exit code."
+    with open(log, 'w') as f:
+        proc = children.start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors='replace')
+        try:
+            for line in proc.stdout:
+                f.write(line); f.flush()
+                if echo(line): print(line, end='', flush=True)
+        finally:
+            proc.stdout.close(); proc.wait(); children.ended(proc)
+    return proc.returncode
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -37,6 +124,7 @@ def parse_folds(text: str) -> list[int]:
 
 def notebook_path(name: str) -> Path:
     "A notebook of the project's `nbs/` folder; the driver needs a clone of the repository."
+    from movie_genre.data import project_root
     path = project_root() / 'nbs' / name
     if not path.exists(): raise FileNotFoundError(f'{path} not found: run movie-genre from a clone of the repository')
     return path
@@ -63,35 +151,44 @@ def error_line(log_text: str) -> str:
 # %% ../nbs/07_cli.ipynb #72b2b9d9
 def _attempt_files(fold_dir: Path) -> tuple[Path, Path]:
     "A new executed notebook and log for this attempt at the fold: `logs/attempt-<n>.ipynb` and `.log`."
+    from movie_genre.runs import LOGS_DIR
     logs = fold_dir / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     n = 1 + max((int(m.group(1)) for p in logs.iterdir() if (m := re.fullmatch(r'attempt-(\d+)\.log', p.name))), default=0)
     return logs / f'attempt-{n}.ipynb', logs / f'attempt-{n}.log'
 
-def _run_fold(fold: int, params: dict, gpu: str | None) -> str | None:
-    "Run `04_train.ipynb` for `fold` in its own papermill process; the error (and its log), or None when it succeeded."
+def _fold_news(line: str) -> bool:
+    "The lines of a fold's log worth the console: its start, progress, epochs, resume and early stop (not tqdm's bars, nor the kernel's warnings)."
+    return line.startswith(('fold ', 'early stop', 'resuming')) and '|' not in line
+
+def _papermill_command(notebook: Path, output: Path, params: dict) -> list:
     import yaml  # papermill's own dependency; -y keeps every value's type (a run named 2024 stays text)
-    cfg = TrainConfig.from_dict({**params, 'fold': fold})
-    notebook, log = _attempt_files(cfg.fold_dir)
-    command = [sys.executable, '-m', 'papermill', str(notebook_path('04_train.ipynb')), str(notebook), '--cwd', str(project_root()),
-               '--log-output', '--no-progress-bar', '-y', yaml.safe_dump({**params, 'fold': fold})]
+    from movie_genre.data import project_root
+    return [sys.executable, '-m', 'papermill', str(notebook), str(output), '--cwd', str(project_root()),
+            '--log-output', '--no-progress-bar', '-y', yaml.safe_dump(params)]
+
+def _run_fold(fold: int, params: dict, gpu: str | None, children: ChildProcesses = CHILDREN) -> str | None:
+    "Run `04_train.ipynb` for `fold` in its own papermill process; the error (and its log), or None when it succeeded."
+    from movie_genre.train import TrainConfig
+    notebook, log = _attempt_files(TrainConfig.from_dict({**params, 'fold': fold}).fold_dir)
     env = {**os.environ, **({'CUDA_VISIBLE_DEVICES': gpu} if gpu is not None else {})}
     env.pop('IN_TEST', None)  # nbdev's test flag would turn the fold into the notebook's tiny self-test
-    with open(log, 'w') as f, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:  # all of it to the log; the per-epoch lines (no progress bars) to the console too
-            f.write(line)
-            if line.startswith(('fold ', 'early stop', 'resuming')) and '|' not in line: print(line, end='', flush=True)
-    if proc.returncode == 0: return None
-    return f'{cli_words(error_line(log.read_text())) or f"papermill exited with {proc.returncode}"} (the whole log: {log})'
+    code = stream_output(_papermill_command(notebook_path('04_train.ipynb'), notebook, {**params, 'fold': fold}), log, _fold_news, env, children)
+    if code == 0: return None
+    return f'{cli_words(error_line(log.read_text())) or f"papermill exited with {code}"} (the whole log: {log})'
 
-def _weights_used(cfg: TrainConfig, epochs_run: int, finished: bool) -> str:
+def _weights_used(cfg, epochs_run: int, finished: bool) -> str:
     "Which weights a fold predicts with; an unfinished fold has stopped for another reason than early stopping."
+    from movie_genre.runs import chose_by_validation
     if cfg.select == 'best': return 'best epoch (optimistic)'
     if not finished: return 'unfinished'
     return 'early stop (optimistic)' if chose_by_validation(cfg.select, cfg.epochs, epochs_run) else 'last epoch'
 
-def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs') -> pd.DataFrame:
+def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs'):
     "Each fold's validation scores at the epoch it predicts with, from its `summary.csv` and `config.json`."
+    import pandas as pd
+    from movie_genre.runs import CONFIG_FILE, SUMMARY_FILE, finished_folds, run_path
+    from movie_genre.train import TrainConfig
     rows = []
     for k in folds:
         fold_dir = run_path(run_name, runs_dir) / f'fold{k}'
@@ -103,8 +200,22 @@ def fold_table(run_name: str, folds: list[int], runs_dir: str = 'runs') -> pd.Da
                      'weights': _weights_used(cfg, len(s), k in finished_folds(fold_dir.parent))})
     return pd.DataFrame(rows).set_index('fold')
 
+def table_text(table) -> str:
+    "A table for the console: four decimals, and whole-number columns as whole numbers (a missing value does not make 12 print as 12.0000)."
+    import pandas as pd
+    shown = table.copy()
+    for name, column in shown.items():
+        values = column.dropna()
+        if pd.api.types.is_float_dtype(column) and len(values) and (values % 1 == 0).all() and not str(name).startswith(('f1', 'ap', 'auc')):
+            shown[name] = column.map(lambda v: '' if pd.isna(v) else str(int(v)))
+    return shown.round(4).to_string()
+
+def plural(n: int, word: str) -> str: return f'{n} {word}{"" if n == 1 else "s"}'
+
 def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
     "The folds `train` trains: `folds`, else every fold of the run's split (`params` get its number), else of `-p folds`; in range."
+    import pandas as pd
+    from movie_genre.runs import FOLDS_FILE, SPLIT_FILE, fold_list, run_path
     if 'fold' in params: raise ValueError('-p fold is the training notebook\'s own parameter: the command takes --folds (e.g. --folds 3 or 1-8)')
     split = run_path(params.get('run_name', 'demo'), params.get('runs_dir', 'runs')) / FOLDS_FILE
     if split.is_file() and 'folds' not in params: params['folds'] = int(pd.read_csv(split, usecols=['fold'])['fold'].nunique())
@@ -116,8 +227,10 @@ def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
     if bad: raise ValueError(f'fold {fold_list(bad)} out of range: the run has folds 1 to {n}')
     return folds or list(range(1, n + 1))
 
-def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None) -> pd.DataFrame:
+def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None, children: ChildProcesses = CHILDREN):
     "Train `folds` with `params` through the papermill notebook (in parallel, one per GPU, when `gpus`); return the fold table."
+    from movie_genre.runs import finished_folds, lock_holder, run_path
+    from movie_genre.train import TrainConfig
     params = dict(params)  # folds_to_train completes it with the run's own folds and fold_seed
     folds = folds_to_train(TrainConfig, params, folds)  # every fold of the run's split by default; checks every parameter
     cfg = TrainConfig.from_dict({**params, 'fold': 1})
@@ -127,30 +240,39 @@ def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | 
         if holder: status[k] = 'busy'; print(f'fold {k}: skipped: {holder} is training it', flush=True)
         elif k in finished_folds(run_dir) and not cfg.overwrite:
             status[k] = 'finished'; print(f'fold {k}: finished already (-p overwrite True trains it again)', flush=True)
-    pending, stop = [k for k in folds if k not in status], threading.Event()
-    def worker(slot):  # one per GPU (or one on the CPU), taking folds until none are left or Ctrl-C
-        while pending and not stop.is_set():
-            fold = pending.pop(0)
+    pending = queue.SimpleQueue()  # the worker threads take folds from it: no two can take the last one
+    for k in folds:
+        if k not in status: pending.put(k)
+    def worker(slot):  # one per GPU (or one on the CPU), taking folds until none are left or the command is stopped
+        while not children.stopping:
+            try: fold = pending.get_nowait()
+            except queue.Empty: return
             print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
-            error = _run_fold(fold, params, slot)
-            status[fold] = 'interrupted' if stop.is_set() else ('failed' if error else 'trained')
-            if error and not stop.is_set(): errors[fold] = error
+            try: error = _run_fold(fold, params, slot, children)
+            except Stopped: error = None
+            except Exception as e: error = f'{type(e).__name__}: {e}'  # starting the fold failed (its log folder, say)
+            status[fold] = 'interrupted' if children.stopping else ('failed' if error else 'trained')
+            if error and not children.stopping: errors[fold] = error
             print(f'fold {fold}: {status[fold]}' + (f': {error}' if fold in errors else ''), flush=True)
-    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in gpus or [None]]
-    for t in threads: t.start()
-    try:
-        while any(t.is_alive() for t in threads): time.sleep(0.2)
-    except KeyboardInterrupt:  # the folds' processes got the same Ctrl-C; wait for them to stop
-        stop.set()
-        print('\ninterrupted: stopping the running folds; each resumes from its last finished epoch next time', flush=True)
-        for t in threads: t.join()
+    stopped = None
+    with stopping_on_signals(children):
+        threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in gpus or [None]]
+        for t in threads: t.start()
+        try:
+            while any(t.is_alive() for t in threads): time.sleep(0.2)
+        except KeyboardInterrupt as e:  # Stopped by a signal (the folds are stopped already), or Ctrl-C in a notebook
+            stopped = e
+            if not children.stopping: children.stop(signal.SIGINT)
+            print(f'\ninterrupted ({signal.Signals(getattr(e, "signum", signal.SIGINT)).name}): stopped the running folds; '
+                  'each resumes from its last finished epoch with the same command', flush=True)
+            for t in threads: t.join()
     table = fold_table(cfg.run_name, folds, cfg.runs_dir)
     table['status'] = [status.get(k, 'not started') for k in table.index]
     trained = sum(s == 'trained' for s in status.values())
-    print(f'\n{cfg.run_name}: {trained} of {len(folds)} folds trained in {(time.time() - start) / 60:.1f} min')
-    print(table.round(4).to_string())
+    print(f'\n{cfg.run_name}: {trained} of {plural(len(folds), "fold")} trained in {(time.time() - start) / 60:.1f} min')
+    print(table_text(table))
     for fold, error in sorted(errors.items()): print(f'fold {fold} FAILED: {error}')
-    if stop.is_set(): raise KeyboardInterrupt
+    if stopped is not None: raise stopped
     return table
 
 # %% ../nbs/07_cli.ipynb #2491ef4f
@@ -166,23 +288,36 @@ def cli_words(message: str) -> str:
     for python, cli in _CLI_WORDS: message = re.sub(python, cli, message)
     return message
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter): pass
+class _Help(argparse.RawDescriptionHelpFormatter):
+    "Each option's default said once: not where its help says it already, nor when there is none (None, False)."
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if 'default' in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs in ('+', '*'): return text
+        return f'{text} (default: %(default)s)'
 
 def ensemble_options(p: argparse.ArgumentParser):
     "How the runs of an ensemble (`--run-name a,b`) combine."
     p.add_argument('--weights', default='equal', help="an ensemble: 'equal', 'tuned' (on the out-of-fold probabilities) or numbers like 0.6,0.4")
     p.add_argument('--stack', action='store_true', help='an ensemble: stack the members by per-genre logistic regressions')
 
+def _param_option(p: argparse.ArgumentParser, help: str):
+    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help=help + ' (repeatable)')
+
 def build_parser() -> argparse.ArgumentParser:
-    "The `movie-genre` argument parser."
-    from movie_genre.evaluate import EvaluateConfig
-    from movie_genre.tfidf import TfidfConfig
-    from movie_genre.tune import SEARCH_SPACE
+    "The `movie-genre` argument parser; `parser.commands` holds each command's own parser (for its usage errors)."
+    from movie_genre import __version__
+    from movie_genre.config import parameter_help_of  # the parameters from the source: --help imports no torch
     parser = argparse.ArgumentParser(prog='movie-genre', description='Predict movie genres from posters and titles.',
                                      formatter_class=_Help)
-    sub = parser.add_subparsers(dest='command', required=True)
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--debug', action='store_true', help='show the traceback of any error (to report a bug)')
+    sub, parser.commands = parser.add_subparsers(dest='command', required=True), {}
     def command(name, help, description=None, epilog=None):
-        return sub.add_parser(name, help=help, description=description or help, epilog=epilog, formatter_class=_Help)
+        parser.commands[name] = sub.add_parser(name, help=help, description=description or help, epilog=epilog, formatter_class=_Help,
+                                               parents=[common])
+        return parser.commands[name]
+    train_help = 'training parameters (-p NAME VALUE):\n' + parameter_help_of('TrainConfig')
     p = command('demo', 'write the synthetic demo data set (train.csv, test.csv, sample_submission.csv, posters, title arrays, '
                 'word vectors) into a folder')
     p.add_argument('dest', help='the folder to write (relative to where you stand); it must be empty or absent')
@@ -192,20 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0, help='the same seed writes the same bytes')
     p.add_argument('--force', action='store_true', help='write into a folder that is not empty (files of the same name are replaced)')
     p = command('train', 'train folds through nbs/04_train.ipynb, one papermill process per fold (or the TF-IDF title member)',
-                epilog='training parameters (-p NAME VALUE):\n' + TrainConfig.parameter_help()
-                       + '\n\nwith --model tfidf:\n' + TfidfConfig.parameter_help())
+                epilog=train_help + '\n\nwith --model tfidf:\n' + parameter_help_of('TfidfConfig')
+                       + '\n\nSIGINT or SIGTERM (Ctrl-C, kill, timeout, a scheduler) stops every running fold within seconds; the same '
+                         'command resumes\neach from its last finished epoch. Exit codes: 0 done, 1 a fold failed, 2 bad input, '
+                         '130 SIGINT, 143 SIGTERM.')
     p.add_argument('--model', choices=('network', 'tfidf'), default='network',
-                   help='a network (the papermill notebook), or the TF-IDF title member (in this process, a minute a fold)')
+                   help='a network (the papermill notebook), or the TF-IDF title member (in this process, under half a minute a fold)')
     p.add_argument('--run-name', required=True, help='the run folder runs/<name>/')
     p.add_argument('--folds', type=parse_folds, help="e.g. 1-8 or 1,3 (default: every fold of the run's split; of -p folds for a new run)")
-    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a training parameter (repeatable)')
+    _param_option(p, 'a training parameter')
     p.add_argument('--gpus', help='comma-separated GPU ids: one fold per GPU at a time')
     p.add_argument('--from-study', metavar='STUDY', help="the recipe of the best trial of a `movie-genre tune` study (-p values given here override it)")
     p.add_argument('--storage', help='the study database of --from-study (default: sqlite:///runs/<study>.db)')
     p = command('tune', "search recipes with Optuna: each trial trains one recipe on --folds into runs/<study>-t<n>/ and is scored by "
                 "their pooled, cross-fitted out-of-fold F1; the same command elsewhere, on the same --storage, joins the study",
-                epilog='the default search space (movie_genre.tune.SEARCH_SPACE; -p fixes a parameter, --space changes ranges):\n'
-                       + '\n'.join(f'  {n:<16} {s}' for n, s in SEARCH_SPACE.items()))
+                epilog='the default search space is SEARCH_SPACE in nbs/04d_tune.ipynb (movie_genre/tune.py): lr, weight_decay, width, '
+                       'depths, image_size, epochs, mixup, dropout, label_smoothing, loss, title_encoder, fusion; -p fixes a parameter, '
+                       '--space FILE changes ranges; the report lists the space a study used')
     p.add_argument('--study', required=True, help='the study name; its trials train into runs/<study>-t<n>/')
     p.add_argument('--storage', help='SQLAlchemy URL of the study database shared by every worker, e.g. postgresql://user:pw@host/db '
                    '(default: the SQLite file runs/<study>.db, for one machine)')
@@ -222,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help="the sampler's seed")
     p.add_argument('--report', action='store_true', help='only write the report of the study into reports/<study>/ (trials, history, importances, best recipe)')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
-                epilog='evaluation parameters (-p NAME VALUE):\n' + EvaluateConfig.parameter_help())
+                epilog='evaluation parameters (-p NAME VALUE):\n' + parameter_help_of('EvaluateConfig'))
     p.add_argument('--run-name', required=True, help='the run to evaluate, or runs a,b,... (an ensemble: see -p weights, -p stack)')
-    p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='an evaluation parameter (repeatable)')
+    _param_option(p, 'an evaluation parameter')
     p = command('submit', "write a Kaggle submission from a run's fold ensemble")
     p.add_argument('--run-name', required=True, help='the run whose folds predicted the test split, or runs a,b,... (an ensemble)')
     p.add_argument('--data-dir', help="the folder with sample_submission.csv and test.csv (default: the run's data); a test split "
@@ -255,50 +393,78 @@ def build_parser() -> argparse.ArgumentParser:
                 'AP, cost, the settings in which they differ, two figures')
     p.add_argument('runs', nargs='+', help='runs to compare; an ensemble is written a,b')
     p.add_argument('--metric', choices=('macro', 'micro', 'samples'), default='macro', help='the F1 the cross-fitted thresholds are tuned for')
-    p.add_argument('--out', default=None, help='the folder to write (default: the project\'s reports/compare/)')
+    p.add_argument('--out', default=None, help="the folder to write (default: the project's reports/compare/); it is replaced only when the comparison succeeds")
     p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
     p = command('runs', 'list the runs: kind, folds finished, status, and the cross-fitted scores of their last evaluation')
     p.add_argument('--runs-dir', help="the folder of runs (default: the project's runs/)")
     p = command('quickstart', 'the README\'s first job', description=
                 'Writes the synthetic demo set into data/ when data/ has no train.csv, trains fold 1 of the run through '
-                'nbs/04_train.ipynb, then evaluates it into reports/<run>/.')
+                'nbs/04_train.ipynb, then evaluates it into reports/<run>/.', epilog=train_help)
     p.add_argument('--run-name', default='demo', help='the run to train and evaluate')
+    _param_option(p, 'a training parameter')
     return parser
 
 # %% ../nbs/07_cli.ipynb #65908813
+class NotebookFailed(RuntimeError):
+    "A papermill notebook that a command ran failed: its error's own line, and where the executed notebook and its log are."
+
 def run_notebook(name: str, output: Path, params: dict):
-    "Execute `nbs/<name>` with papermill into `output`, from the project root; a failed cell is a `RuntimeError` with its error."
-    import papermill
+    "Execute `nbs/<name>` with papermill into `output` (its log beside it, `.log`), from the project root, as a child process; `NotebookFailed` with the failed cell's error."
     output.parent.mkdir(parents=True, exist_ok=True)
-    try: papermill.execute_notebook(str(notebook_path(name)), str(output), parameters=params, cwd=str(project_root()),
-                                    log_output=True, progress_bar=False)
-    except papermill.PapermillExecutionError as e: raise RuntimeError(f'{e.ename}: {e.evalue} (the executed notebook: {output})') from None
+    log = output.with_suffix('.log')
+    code = stream_output(_papermill_command(notebook_path(name), output, params), log)  # the kernel's warnings stay in the log
+    if code: raise NotebookFailed(f'{error_line(log.read_text()) or f"papermill exited with {code}"} (the executed notebook: {output}; its log: {log})')
+
+def check_runs(spec: str, runs_dir='runs'):
+    "Each run of `spec` (a run, or an ensemble a,b,...) has a finished fold in `runs_dir`; otherwise the one error for an unknown run, naming the runs there."
+    from movie_genre.runs import FOLDS_FILE, finished_folds, run_path
+    for name in (n.strip() for n in spec.split(',')):
+        run_dir = run_path(name, runs_dir)
+        if run_dir.is_dir() and finished_folds(run_dir): continue
+        known = sorted(p.name for p in run_dir.parent.iterdir() if (p / FOLDS_FILE).is_file()) if run_dir.parent.is_dir() else []
+        raise FileNotFoundError(f'run {name!r} has no finished fold in {run_dir.parent}' + ('' if run_dir.is_dir() else ' (no such run)')
+                                + f'; the runs there: {", ".join(known) or "none yet"} (movie-genre runs lists them)')
+
+def _is_user_error(e: Exception) -> bool:
+    "An error of the user's input or situation (a bad file or value, a busy fold, a failed notebook), said in one line; anything else is a bug."
+    from movie_genre.runs import FoldBusy  # DataError and CheckpointError are ValueErrors
+    return isinstance(e, (ValueError, OSError, FoldBusy, NotebookFailed))
 
 def main(argv=None):
     "Entry point of the `movie-genre` command."
     os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
     parser = build_parser()
     args = parser.parse_args(argv)
-    try: _run(args, parser)
-    except KeyboardInterrupt: parser.exit(130, f'movie-genre {args.command}: interrupted\n')
-    except (DataError, FileNotFoundError, FileExistsError, ValueError, TypeError, RuntimeError, FoldBusy, CheckpointError) as e:
-        parser.exit(2, f'movie-genre {args.command}: error: {cli_words(str(e))}\n')
+    try:
+        with stopping_on_signals(): _run(args, parser)
+    except KeyboardInterrupt as e:  # Ctrl-C, or Stopped by SIGINT/SIGTERM: the child processes are stopped already
+        signum = getattr(e, 'signum', signal.SIGINT)
+        parser.exit(128 + signum, f'movie-genre {args.command}: interrupted by {signal.Signals(signum).name}\n')
+    except Exception as e:
+        if args.debug: raise
+        if _is_user_error(e): parser.exit(2, f'movie-genre {args.command}: error: {cli_words(str(e))}\n')
+        import traceback
+        traceback.print_exc()
+        parser.exit(1, f'movie-genre {args.command}: this is a bug in movie-genre, not a problem of your input: '
+                       f'please report it with the traceback above\n')
 
-def _command_line_params(config, pairs, parser, **fixed) -> dict:
-    "`-p` pairs as typed values of `config` plus `fixed`; a bad name or value is a usage error."
+def _command_line_params(config, pairs, usage: argparse.ArgumentParser, **fixed) -> dict:
+    "`-p` pairs as typed values of `config` plus `fixed`; a bad name or value is a usage error of the command (`usage`)."
     try: return {**config.from_command_line(pairs), **fixed}
-    except (TypeError, ValueError) as e: parser.error(str(e))
+    except (TypeError, ValueError) as e: usage.error(str(e))
 
 def _run(args, parser):
+    usage = parser.commands[args.command]
     if args.command == 'demo':
         from movie_genre.demo import make_demo
         print(f'demo data written to {make_demo(_here(args.dest), args.n_train, args.n_test, args.dim, args.seed, force=args.force)}')
     elif args.command == 'train' and args.model == 'tfidf':
         from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
-        params = _command_line_params(TfidfConfig, args.param, parser, run_name=args.run_name)
+        params = _command_line_params(TfidfConfig, args.param, usage, run_name=args.run_name)
         for fold in folds_to_train(TfidfConfig, params, args.folds): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
     elif args.command == 'train':
-        params = _command_line_params(TrainConfig, args.param, parser, run_name=args.run_name)
+        from movie_genre.train import TrainConfig
+        params = _command_line_params(TrainConfig, args.param, usage, run_name=args.run_name)
         if args.from_study:
             from movie_genre.tune import recipe_of_study
             params = {**recipe_of_study(args.from_study, args.storage, params.get('runs_dir', 'runs')), **params}
@@ -306,45 +472,60 @@ def _run(args, parser):
         if (table['status'] == 'failed').any(): sys.exit(1)
     elif args.command == 'tune':
         from movie_genre.tune import tune_command
+        from movie_genre.train import TrainConfig
         tune_command(args.study, args.storage, args.n_trials, args.timeout, args.folds, args.metric,
-                     _command_line_params(TrainConfig, args.param, parser), _here(args.space),
+                     _command_line_params(TrainConfig, args.param, usage), _here(args.space),
                      check_gpus(args.gpus.split(',')) if args.gpus else None, args.report, args.heartbeat, args.seed)
     elif args.command == 'evaluate':
         from movie_genre.evaluate import EvaluateConfig
-        evaluate_command(_command_line_params(EvaluateConfig, args.param, parser, run_name=args.run_name))
+        evaluate_command(_command_line_params(EvaluateConfig, args.param, usage, run_name=args.run_name))
     elif args.command == 'submit':
         from movie_genre.evaluate import make_submission
+        check_runs(args.run_name, _here(args.runs_dir) or 'runs')
         make_submission(args.run_name, data_dir=_here(args.data_dir), out=_here(args.out), runs_dir=_here(args.runs_dir) or 'runs',
                         metric=args.metric, weights=args.weights, stack=args.stack)
     elif args.command == 'predict':
         from movie_genre.predict import predict_cli
         for name in ('title_array', 'vectors', 'out', 'runs_dir'): setattr(args, name, _here(getattr(args, name)))
         args.inputs, args.runs_dir = [_here(p) for p in args.inputs], args.runs_dir or 'runs'
+        check_runs(args.run_name, args.runs_dir)
         if (predict_cli(args)['error'] != '').any(): sys.exit(1)  # after writing the rows that worked
     elif args.command == 'compare':
-        out = _here(args.out) or str(project_path('reports') / 'compare')
-        params = dict(runs=' '.join(args.runs), metric=args.metric, runs_dir=_here(args.runs_dir) or 'runs', out_dir=out)
-        run_notebook('05b_compare.ipynb', Path(out) / '05b_compare.ipynb', params)
-        print(pd.read_csv(Path(out) / 'comparison.csv', index_col=0).round(4).to_string())
-        print(f'comparison: {Path(out) / "comparison.md"}')
+        from movie_genre.data import project_path
+        runs_dir = _here(args.runs_dir) or 'runs'
+        for spec in args.runs: check_runs(spec, runs_dir)
+        compare_command(args.runs, args.metric, runs_dir, Path(_here(args.out) or project_path('reports') / 'compare'))
     elif args.command == 'runs':
         from movie_genre.compare import list_runs
         table = list_runs(_here(args.runs_dir) or 'runs')
-        print(table.round(4).to_string() if len(table) else 'no runs yet')
+        print(table_text(table) if len(table) else 'no runs yet')
     elif args.command == 'quickstart':
-        quickstart(args.run_name)
+        from movie_genre.train import TrainConfig
+        params = _command_line_params(TrainConfig, args.param, usage)
+        if 'run_name' in params: usage.error('quickstart takes the run as --run-name, not -p run_name')
+        quickstart(args.run_name, **{k: params.pop(k) for k in ('data_dir', 'runs_dir', 'reports_dir') if k in params}, params=params)
+
+def compare_command(runs: list[str], metric: str, runs_dir: str, out: Path):
+    "`movie-genre compare`: `05b_compare.ipynb` into a new folder beside `out` that replaces it only when the comparison succeeded."
+    import shutil
+    import pandas as pd
+    new, old = out.with_name(out.name + '.new'), out.with_name(out.name + '.old')
+    for stale in (new, old): shutil.rmtree(stale, ignore_errors=True)  # a failed or killed comparison before
+    run_notebook('05b_compare.ipynb', new / '05b_compare.ipynb', dict(runs=' '.join(runs), metric=metric, runs_dir=runs_dir, out_dir=str(new)))
+    if out.exists(): out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    print(table_text(pd.read_csv(out / 'comparison.csv', index_col=0)))
+    print(f'comparison: {out / "comparison.md"}')
 
 def evaluate_command(params: dict):
     "`movie-genre evaluate`: the run must exist; run `05_evaluate.ipynb` into the report folder, then print the headline scores."
+    import pandas as pd
+    from movie_genre.data import project_path
     from movie_genre.evaluate import EvaluateConfig
-    from movie_genre.ensemble import ensemble_dir, is_ensemble, member_names
+    from movie_genre.ensemble import ensemble_dir, is_ensemble
     cfg = EvaluateConfig.from_dict(params)
-    for name in member_names(cfg.run_name):
-        run_dir = run_path(name, cfg.runs_dir)
-        if not finished_folds(run_dir):
-            known = sorted(p.name for p in run_dir.parent.iterdir() if p.is_dir() and p.name != 'ensembles') if run_dir.parent.is_dir() else []
-            raise FileNotFoundError(f'run {name!r} has no finished fold in {run_dir.parent}' +
-                                    (f' (runs there: {", ".join(known)})' if known else ''))
+    check_runs(cfg.run_name, cfg.runs_dir)
     combined = is_ensemble(cfg.run_name) or cfg.stack or cfg.weights != 'equal'
     reports = project_path(cfg.reports_dir) / (ensemble_dir(cfg.run_name, cfg.runs_dir, cfg.weights, cfg.stack).name if combined else cfg.run_name)
     run_notebook('05_evaluate.ipynb', reports / '05_evaluate.ipynb', params)
@@ -355,8 +536,11 @@ def evaluate_command(params: dict):
         print(f'({IN_SAMPLE})')
     print(f'report: {reports / "report.md"}')
 
-def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports_dir='reports'):
-    "The README's main job: demo data when `data_dir` has none, fold 1 of the run, then its evaluation; nothing runs after a failed step."
+def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports_dir='reports', params: dict | None = None):
+    "The README's main job: demo data when `data_dir` has none, fold 1 of the run (with training `params`), then its evaluation; nothing runs after a failed step."
+    import pandas as pd
+    from movie_genre.data import project_path
+    from movie_genre.runs import run_path
     data = project_path(data_dir)
     if not (data / 'train.csv').exists():
         from movie_genre.demo import make_demo
@@ -371,9 +555,9 @@ def quickstart(run_name: str = 'demo', data_dir='data', runs_dir='runs', reports
         raise ValueError(f'{split.parent} was trained on other data than {data}: start a new run with '
                          f'`movie-genre quickstart --run-name NEW`, or delete {split.parent} to train it anew')
     paths = dict(data_dir=str(data), runs_dir=str(project_path(runs_dir)), reports_dir=str(project_path(reports_dir)))
-    table = train_folds({'run_name': run_name, **paths}, [1])
+    table = train_folds({**(params or {}), 'run_name': run_name, **paths}, [1])
     if table.loc[1, 'status'] not in ('trained', 'finished'):
-        raise RuntimeError(f'fold 1 of {run_name} did not train ({table.loc[1, "status"]}): nothing to evaluate')
+        raise NotebookFailed(f'fold 1 of {run_name} did not train ({table.loc[1, "status"]}): nothing to evaluate')
     evaluate_command({'run_name': run_name, 'runs_dir': paths['runs_dir'], 'reports_dir': paths['reports_dir']})
 
 # %% ../nbs/07_cli.ipynb #508a7dfe

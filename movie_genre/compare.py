@@ -134,7 +134,7 @@ def plot_curves(runs: list[RunResult], metric: str = 'macro'):
         if not has_curve(run, metric): continue
         s = run.summaries
         curve = s.groupby('epoch')[f'f1_{metric}'].mean()
-        ax.plot(curve.index, curve.to_numpy(), marker='.', color=colour, label=f'{run.name} ({s["fold"].nunique()} folds)')
+        ax.plot(curve.index, curve.to_numpy(), marker='.', color=colour, label=f'{run.name} ({(n := s["fold"].nunique())} fold{"" if n == 1 else "s"})')
     left_out = [run.name for run in runs if not has_curve(run, metric)]
     ax.set(xlabel='epoch', ylabel=f'validation {metric} F1 (mean over folds)', title=f'Validation {metric} F1 per epoch'
            + (f'\n(no curve: {", ".join(left_out)}, an ensemble or fitted once)' if left_out else ''))

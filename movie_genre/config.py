@@ -4,16 +4,19 @@
 
 # %% ../nbs/01a_config.ipynb #967d6ed5
 from __future__ import annotations
+import ast
+import difflib
 import inspect
 import re
 from dataclasses import Field, dataclass, fields
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PLAIN_TYPES', 'coerce', 'FlatConfig']
+__all__ = ['PLAIN_TYPES', 'coerce', 'FlatConfig', 'parameter_help_of']
 
 # %% ../nbs/01a_config.ipynb #8275c738
 PLAIN_TYPES = (bool, int, float, str, type(None))  # what a papermill parameters cell holds
+_KIND_WORDS = {bool: 'True or False', int: 'an integer', float: 'a number', str: 'text'}
 
 def _may_be_none(f: Field) -> bool: return f.default is None or 'None' in str(f.type)
 
@@ -39,9 +42,16 @@ def coerce(name: str, value, default, may_be_none: bool = False):
         if isinstance(value, int) and not isinstance(value, bool): return str(value)  # papermill's `-p run_name 2024`
         if isinstance(value, float):
             raise TypeError(f'{name} must be text, and papermill read {value!r} as a number: pass it with -r {name} VALUE')
-    raise TypeError(f'{name} must be a {kind.__name__}, not {value!r}')
+    raise TypeError(f'{name} must be {_KIND_WORDS.get(kind, f"a {kind.__name__}")}, not {value!r}')
 
 # %% ../nbs/01a_config.ipynb #c2b99a3f
+def _help_lines(parameters: list[tuple[str, str, str]]) -> str:
+    "One line per `(name, default's repr, comment)`."
+    width = max(len(name) for name, _, _ in parameters)
+    return '\n'.join(f'  {name:<{width}}  {default:<12} {comment}'.rstrip() for name, default, comment in parameters)
+
+_FIELD_COMMENT = re.compile(r'^\s+(\w+): [^=\n]+=[^#\n]+#\s*(.*)$', re.M)
+
 @dataclass
 class FlatConfig:
     "Base of the project's configs: flat fields with plain defaults, set from papermill, a command line or Python."
@@ -52,10 +62,13 @@ class FlatConfig:
 
     @classmethod
     def typed(cls, values: dict) -> dict:
-        "`values` converted to their fields' types; `TypeError` for an unknown name or a value that does not fit."
+        "`values` converted to their fields' types; `TypeError` for an unknown name (with the closest known one) or a value that does not fit."
         known = cls.parameters()
         unknown = sorted(set(values) - set(known))
-        if unknown: raise TypeError(f'unknown parameter(s) {unknown}; the parameters are: {sorted(known)}')
+        if unknown:
+            close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+            hints = ', '.join(f'{name}: did you mean {near[0]}?' for name, near in close.items() if near)
+            raise TypeError(f'unknown parameter(s) {unknown}' + (f' ({hints})' if hints else '') + f'; the parameters are: {sorted(known)}')
         return {name: coerce(name, value, known[name].default, _may_be_none(known[name])) for name, value in values.items()}
 
     @classmethod
@@ -86,7 +99,30 @@ class FlatConfig:
         for klass in reversed(cls.__mro__):
             try: source = inspect.getsource(klass)
             except (OSError, TypeError): continue
-            comments.update(re.findall(r'^\s+(\w+): [^=\n]+=[^#\n]+#\s*(.*)$', source, re.M))
-        width = max(len(n) for n in cls.parameters())
-        return '\n'.join(f'  {name:<{width}}  {f.default!r:<12} {comments.get(name, "")}'.rstrip()
-                         for name, f in cls.parameters().items())
+            comments.update(_FIELD_COMMENT.findall(source))
+        return _help_lines([(name, repr(f.default), comments.get(name, '')) for name, f in cls.parameters().items()])
+
+# %% ../nbs/01a_config.ipynb #5a7c1e02
+def _class_fields(name: str, sources: dict[str, str]) -> dict[str, tuple[str, str]]:
+    "`{field: (default's repr, comment)}` of the dataclass `name` and its bases, read from the `sources` of a package."
+    for text in sources.values():
+        node = next((n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == name), None)
+        if node is None: continue
+        found = {}
+        for base in node.bases:
+            if isinstance(base, ast.Name) and base.id != 'FlatConfig': found.update(_class_fields(base.id, sources))
+        lines = text.splitlines()
+        for f in node.body:
+            if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name) and f.value is not None:
+                try: default = repr(ast.literal_eval(f.value))
+                except ValueError: default = ast.unparse(f.value)
+                comment = _FIELD_COMMENT.match(lines[f.lineno - 1])
+                found[f.target.id] = (default, comment.group(2) if comment else '')
+        return found
+    raise LookupError(f'no class {name} in the package sources')
+
+def parameter_help_of(class_name: str) -> str:
+    "`parameter_help` of the config class `class_name` of this package, from its source alone (no import, so no torch)."
+    import movie_genre  # the package's folder (its __init__ imports nothing heavy)
+    sources = {p.name: p.read_text() for p in sorted(Path(movie_genre.__file__).parent.glob('*.py'))}
+    return _help_lines([(name, default, comment) for name, (default, comment) in _class_fields(class_name, sources).items()])

@@ -31,7 +31,7 @@ from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FIL
 # %% auto #0
 __all__ = ['RESUMABLE', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'probs_frame', 'train_step', 'fold_datasets',
-           'config_changes', 'describe_changes', 'train_fold']
+           'Progress', 'config_changes', 'describe_changes', 'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -191,6 +191,25 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
     thresholds = tune_thresholds(labels, probs, metric=cfg.metric, max_genres=cfg.max_genres)
     return {f'f1_{k}': v for k, v in f1_scores(labels, decode(probs, thresholds, cfg.max_genres)).items()}
 
+# %% ../nbs/03b_training.ipynb #a9e0f002
+class Progress:
+    "Prints `fold 1 epoch 3/12  batch 120/188  812 img/s  ETA 0:42` every `every` seconds of an epoch (default: `MOVIE_GENRE_PROGRESS_SECONDS`, else 10)."
+    def __init__(self, fold: int, epoch: int, epochs: int, batches: int, every: float | None = None):
+        self.fold, self.epoch, self.epochs, self.batches = fold, epoch, epochs, batches
+        self.every = float(os.environ.get('MOVIE_GENRE_PROGRESS_SECONDS', 10)) if every is None else every
+        self.start = self.last = time.time()
+
+    def update(self, batch: int, images: int) -> str | None:
+        "After `batch` batches (`images` images) of the epoch: the line printed, when one is due (not after the last batch: the epoch's line follows)."
+        now = time.time()
+        if now - self.last < self.every or batch >= self.batches: return None
+        self.last, elapsed = now, now - self.start
+        left = elapsed / batch * (self.batches - batch)
+        line = (f'fold {self.fold} epoch {self.epoch}/{self.epochs}  batch {batch}/{self.batches}  '
+                f'{images / max(elapsed, 1e-9):.0f} img/s  ETA {int(left // 60)}:{int(left % 60):02d}')
+        print(line, flush=True)
+        return line
+
 # %% ../nbs/03b_training.ipynb #0c6526f9
 RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
 FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
@@ -285,6 +304,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         model.train()
         t0, seen, loss_sum = time.time(), 0, 0.0
         bar = tqdm(train_dl, desc=f'fold {cfg.fold} epoch {epoch + 1}/{cfg.epochs}', leave=False)
+        progress = Progress(cfg.fold, epoch + 1, cfg.epochs, len(train_dl))  # what papermill's console sees of the bar
         for step, batch in enumerate(bar):
             batch = runtime.batch_to_device(batch)
             if cfg.mixup > 0: batch = mixup(batch, cfg.mixup, mix_gen)
@@ -293,6 +313,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
             if ema is not None: ema.update_parameters(model)
             seen += len(batch['labels']); loss_sum += loss_value * len(batch['labels'])
             bar.set_postfix(loss=f'{loss_sum / seen:.4f}')
+            progress.update(step + 1, seen)
         train_seconds = time.time() - t0
         _, probs, valid_loss = predict_probs(ema.module if ema is not None else model, valid_dl, runtime)
         scores = _epoch_scores(valid_ds.data.labels[valid_ds.indices], probs, cfg)

@@ -1,9 +1,11 @@
 """The `movie-genre` command as a user meets it: paths from where they stand, errors in one line, nothing lost."""
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -162,3 +164,51 @@ def test_quickstart_on_a_folder_with_files_but_no_train_csv_says_what_to_do(tmp_
     with pytest.raises(FileNotFoundError, match='has no train.csv but holds 2024-dl-final.zip') as error:
         quickstart('qs', data_dir=tmp_path / 'data', runs_dir=tmp_path / 'runs', reports_dir=tmp_path / 'reports')
     assert '--force' not in str(error.value) and sorted(p.name for p in (tmp_path / 'data').iterdir()) == ['2024-dl-final.zip']
+
+
+def test_help_and_version_import_neither_torch_nor_pandas():
+    "`--help` answers at once: argument parsing imports no torch (it took seconds)."
+    code = ("import sys\nfrom movie_genre.cli import main\nfor argv in (['--help'], ['train', '--help'], ['--version']):\n"
+            "    try: main(argv)\n    except SystemExit: pass\nprint('torch' in sys.modules, 'pandas' in sys.modules)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.stdout.splitlines()[-1] == 'False False' and 'movie-genre 0.1' in r.stdout and 'batch_size' in r.stdout, r.stdout[-500:]
+
+
+@pytest.mark.parametrize('error, code, bug', [(ValueError('bad value in row 3'), 2, False), (KeyError('epoch'), 1, True),
+                                              (TypeError('unsupported operand'), 1, True), (RuntimeError('boom'), 1, True)])
+def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(monkeypatch, capsys, error, code, bug):
+    import movie_genre.cli as cli_module
+    def failing(args, parser): raise error
+    monkeypatch.setattr(cli_module, '_run', failing)
+    with pytest.raises(SystemExit) as stop: cli_module.main(['runs'])
+    err = capsys.readouterr().err
+    assert stop.value.code == code and ('Traceback' in err) == bug and ('a bug in movie-genre' in err) == bug, err
+    if not bug: assert err.count('\n') == 1 and 'bad value in row 3' in err
+    with pytest.raises(type(error)): cli_module.main(['runs', '--debug'])  # --debug: every error with its traceback
+
+
+def test_the_driver_threads_take_each_fold_once(monkeypatch, tmp_path):
+    "Eight GPU slots whose folds end at the same instant, one fold left: it runs once and no worker fails on an empty list."
+    import threading
+    import movie_genre.cli as cli_module
+    ran, crashes = [], []
+    def fake_run_fold(fold, params, gpu, children=None):
+        ran.append(fold)
+        with contextlib.suppress(threading.BrokenBarrierError): together.wait(timeout=0.5)  # the first eight end together
+    monkeypatch.setattr(cli_module, '_run_fold', fake_run_fold)
+    monkeypatch.setattr(threading, 'excepthook', lambda args: crashes.append(args.exc_value))
+    def slow_is_set(event):  # widens the gap between "folds are left" and taking one, where a stop flag is read
+        time.sleep(0.01)
+        return event._flag
+    monkeypatch.setattr(threading.Event, 'is_set', slow_is_set)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # and then switch threads as often as they can
+    try:
+        for attempt in range(3):
+            ran.clear()
+            together = threading.Barrier(8)
+            table = cli_module.train_folds(dict(run_name=f'q{attempt}', runs_dir=str(tmp_path / 'runs'), folds=9), None,
+                                           gpus=[str(g) for g in range(8)])
+            assert sorted(ran) == list(range(1, 10)) and not crashes, (ran, crashes)
+            assert (table['status'] == 'trained').all()
+    finally: sys.setswitchinterval(switch)

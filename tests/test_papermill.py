@@ -2,10 +2,12 @@
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -192,3 +194,39 @@ def test_importing_the_package_lets_idle_threads_sleep():
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env).stdout.strip() == 'PASSIVE'
     env['OMP_WAIT_POLICY'] = 'ACTIVE'
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env).stdout.strip() == 'ACTIVE'
+
+
+def _fold_processes(driver_pid: int) -> list:
+    "The driver's descendants: papermill, its kernel (a session of its own) and their workers."
+    import psutil
+    return psutil.Process(driver_pid).children(recursive=True)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_driver_alone_stops_its_fold_at_once_and_the_fold_resumes(demo, tmp_path, signum):
+    "`kill -TERM <driver>` (a scheduler, `timeout`) or `kill -INT <driver>`: every fold process ends within seconds, the exit code"
+    "says which signal, and the same command resumes the fold; meanwhile the console had progress lines and the log grew live."
+    import psutil
+    args = ['train', '--run-name', 'sig', '--folds', '1', *tiny_params(demo, tmp_path), '-p', 'epochs', '8', '-p', 'batch_size', '16']
+    env = clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache'), MOVIE_GENRE_PROGRESS_SECONDS='0')
+    proc = subprocess.Popen([BIN / 'movie-genre', *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)  # its own group: nothing but the driver gets the signal
+    lines, log = [], tmp_path / 'runs' / 'sig' / 'fold1' / 'logs' / 'attempt-1.log'
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith('fold 1 epoch   2/8'): break
+    assert 'fold 1 epoch   2/8' in log.read_text(), 'the log is written as the fold runs'  # `tail -f` follows it
+    assert any(re.match(r'fold 1 epoch \d/8  batch \d+/\d+  \d+ img/s  ETA \d+:\d\d', l) for l in lines), ''.join(lines)
+    children = _fold_processes(proc.pid)
+    assert len(children) >= 2  # papermill and its kernel
+    start = time.monotonic()
+    os.kill(proc.pid, signum)  # the driver's PID alone
+    out = ''.join(lines) + proc.communicate(timeout=60)[0]
+    assert time.monotonic() - start < 15 and proc.returncode == 128 + signum, (proc.returncode, out[-3000:])
+    assert 'interrupted' in out and 'FAILED' not in out and 'Kernel is running over TCP' not in out, out[-3000:]
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no orphan keeps the lock or the CPU
+    fold = tmp_path / 'runs' / 'sig' / 'fold1'
+    assert len(pd.read_csv(fold / 'summary.csv')) < 8 and not (fold / 'oof.csv').exists()  # stopped, not waited for
+    if signum == signal.SIGTERM:  # the same command resumes it (one resume is enough to show it)
+        again = driver(*args, tmp_path=tmp_path)
+        assert again.returncode == 0 and 'resuming fold 1 of sig at epoch' in again.stdout, again.stdout[-2000:]
