@@ -197,3 +197,20 @@ def test_the_final_epoch_predicts_unless_asked_otherwise(demo, tmp_path):
     cut = tiny(demo, tmp_path, run_name='cut', epochs=4)
     interrupt(cut)  # stopped by a crash, not by early stopping
     assert fold_table('cut', [1], cut.runs_dir).loc[1, 'weights'] == 'unfinished'
+
+
+def test_probing_a_fold_lock_never_takes_it_nor_fails(tmp_path):
+    "`lock_holder` asked in a tight loop while another process takes and releases the lock as fast as it can: no FoldBusy there, no error here."
+    from movie_genre.runs import lock_holder
+    fold_dir = tmp_path / 'fold1'
+    code = (f'import time\nfrom movie_genre.runs import FoldBusy, fold_lock\ntaken = busy = 0\nprint("ready", flush=True)\n'
+            f'end = time.time() + 3\nwhile time.time() < end:\n    try:\n        with fold_lock({str(fold_dir)!r}): taken += 1\n'
+            f'    except FoldBusy: busy += 1\nprint(taken, busy)')
+    holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'ready'
+    answers = []
+    while holder.poll() is None: answers.append(lock_holder(fold_dir))  # an exception here fails the test
+    taken, busy = map(int, holder.stdout.read().split())
+    assert busy == 0 and taken > 100 and len(answers) > 100
+    assert {a.split(' on ')[0] for a in answers if a} == {f'pid {holder.pid}'} and None in answers
+
