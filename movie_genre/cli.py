@@ -19,7 +19,7 @@ import pandas as pd
 from .data import DataError, project_path, project_root
 from .runs import (CONFIG_FILE, FOLDS_FILE, LOGS_DIR, SPLIT_FILE, chose_by_validation, SUMMARY_FILE, FoldBusy, finished_folds, fold_list,
                               lock_holder, run_path)
-from .train import CheckpointError, TrainConfig
+from .train import CheckpointError, TrainConfig, check_fold, with_run_settings
 
 # %% auto #0
 __all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'folds_to_train', 'train_folds', 'cli_words',
@@ -72,6 +72,8 @@ def _run_fold(fold: int, params: dict, gpu: str | None) -> str | None:
     "Run `04_train.ipynb` for `fold` in its own papermill process; the error (and its log), or None when it succeeded."
     import yaml  # papermill's own dependency; -y keeps every value's type (a run named 2024 stays text)
     cfg = TrainConfig.from_dict({**params, 'fold': fold})
+    try: check_fold(cfg)  # bad data, a refused resume, a fold unlike the run's others: said now, with no process or log
+    except (FileNotFoundError, ValueError) as e: return f'{type(e).__name__}: {cli_words(str(e))}'
     notebook, log = _attempt_files(cfg.fold_dir)
     command = [sys.executable, '-m', 'papermill', str(notebook_path('04_train.ipynb')), str(notebook), '--cwd', str(project_root()),
                '--log-output', '--no-progress-bar', '-y', yaml.safe_dump({**params, 'fold': fold})]
@@ -118,7 +120,7 @@ def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
 
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None) -> pd.DataFrame:
     "Train `folds` with `params` through the papermill notebook (in parallel, one per GPU, when `gpus`); return the fold table."
-    params = dict(params)  # folds_to_train completes it with the run's own folds and fold_seed
+    params = with_run_settings(params)  # a new fold trains like the run's others; folds_to_train adds the run's folds and fold_seed
     folds = folds_to_train(TrainConfig, params, folds)  # every fold of the run's split by default; checks every parameter
     cfg = TrainConfig.from_dict({**params, 'fold': 1})
     run_dir, status, errors, start = run_path(cfg.run_name, cfg.runs_dir), {}, {}, time.time()
