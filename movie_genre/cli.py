@@ -169,8 +169,11 @@ def _papermill_command(notebook: Path, output: Path, params: dict) -> list:
 
 def _run_fold(fold: int, params: dict, gpu: str | None, children: ChildProcesses = CHILDREN) -> str | None:
     "Run `04_train.ipynb` for `fold` in its own papermill process; the error (and its log), or None when it succeeded."
-    from movie_genre.train import TrainConfig
-    notebook, log = _attempt_files(TrainConfig.from_dict({**params, 'fold': fold}).fold_dir)
+    from movie_genre.train import TrainConfig, check_fold
+    cfg = TrainConfig.from_dict({**params, 'fold': fold})
+    try: check_fold(cfg)  # bad data, a refused resume, a fold unlike the run's others: said now, with no process or log
+    except (FileNotFoundError, ValueError) as e: return f'{type(e).__name__}: {cli_words(str(e))}'
+    notebook, log = _attempt_files(cfg.fold_dir)
     env = {**os.environ, **({'CUDA_VISIBLE_DEVICES': gpu} if gpu is not None else {})}
     env.pop('IN_TEST', None)  # nbdev's test flag would turn the fold into the notebook's tiny self-test
     code = stream_output(_papermill_command(notebook_path('04_train.ipynb'), notebook, {**params, 'fold': fold}), log, _fold_news, env, children)
@@ -230,8 +233,8 @@ def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None, children: ChildProcesses = CHILDREN):
     "Train `folds` with `params` through the papermill notebook (in parallel, one per GPU, when `gpus`); return the fold table."
     from movie_genre.runs import finished_folds, lock_holder, run_path
-    from movie_genre.train import TrainConfig
-    params = dict(params)  # folds_to_train completes it with the run's own folds and fold_seed
+    from movie_genre.train import TrainConfig, with_run_settings
+    params = with_run_settings(params)  # a new fold trains like the run's others; folds_to_train adds the run's folds and fold_seed
     folds = folds_to_train(TrainConfig, params, folds)  # every fold of the run's split by default; checks every parameter
     cfg = TrainConfig.from_dict({**params, 'fold': 1})
     run_dir, status, errors, start = run_path(cfg.run_name, cfg.runs_dir), {}, {}, time.time()

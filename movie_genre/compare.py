@@ -15,7 +15,7 @@ from .data import project_path
 from .ensemble import ENSEMBLES_DIR, load_any
 from .evaluate import _save, evaluate, markdown_table
 from .metrics import distinct_colours
-from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, lock_holder, run_path
+from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
 
 # %% auto #0
 __all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'estimate_kind', 'compare_runs', 'plot_genre_f1',
@@ -167,7 +167,8 @@ def list_runs(runs_dir='runs', reports_dir='reports') -> pd.DataFrame:
         config_file = next((run_dir / f'fold{k}' / CONFIG_FILE for k in fold_numbers(run_dir) if (run_dir / f'fold{k}' / CONFIG_FILE).is_file()), None)
         config = json.loads(config_file.read_text()) if config_file else {}
         kind = 'tfidf' if config.get('model') == 'tfidf' else (f"{config.get('arch', '?')} {config.get('title_input', 'arrays')}" if config else '?')
-        status = ('training ' + ', '.join(busy)) if busy else ('complete' if total and len(done) == total else f'{len(done)} of {total} folds')
+        stalled = [f'; fold {k}: {s}' for k in fold_numbers(run_dir) if (s := fold_status(run_dir / f'fold{k}')).startswith('no epoch')]
+        status = ('training ' + ', '.join(busy)) if busy else ('complete' if total and len(done) == total else f'{len(done)} of {total} folds' + ''.join(stalled))
         scores_file = project_path(reports_dir) / run_dir.name / 'scores.csv'
         row = {'run': run_dir.name, 'kind': kind, 'folds': f'{len(done)} of {total}', 'status': status}
         if scores_file.is_file():

@@ -31,9 +31,9 @@ __all__ = ['DEFAULT_YEAR', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MA
            'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder', 'cache_dir', 'DataError', 'read_csv',
            'resolve_path', 'parse_genres', 'parse_year', 'parse_years', 'median_year', 'poster_shape', 'read_poster',
            'poster_cache', 'tokenize', 'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths',
-           'load_title_arrays', 'MovieData', 'csv_line', 'load_split', 'read_labels', 'read_years', 'make_folds',
-           'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps',
-           'MovieDataset', 'make_loader']
+           'load_title_arrays', 'MovieData', 'csv_line', 'split_csv', 'load_split', 'read_labels', 'read_years',
+           'make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler', 'random_steps',
+           'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -315,20 +315,26 @@ def _some(values, n: int = 5) -> str:
     return ', '.join(map(repr, values[:n])) + (f' and {len(values) - n} more' if len(values) > n else '')
 
 # %% ../nbs/01_dataset.ipynb #0ccf5215
-def load_split(data_dir='data', split: str = 'train', image_size: int = 128, aspect: float = 1.5,
-               on_bad: str = 'raise', report_dir=None, genres: list[str] | None = None,
-               workers: int | None = None, year_fill: float | None = None) -> MovieData:
-    "Read, validate and cache one split (`train` or `test`) of the data in `data_dir`; missing years get `year_fill` (default: this split's median)."
-    if on_bad not in ('raise', 'skip'): raise ValueError(f"on_bad must be 'raise' or 'skip', not {on_bad!r}")
+def split_csv(data_dir='data', split: str = 'train') -> Path:
+    "The CSV of `split` in `data_dir`, checked without reading its rows: it exists, and its header has the columns the split needs."
     data_dir = project_path(data_dir)
     csv = data_dir / f'{split}.csv'
     if not csv.is_file():
         raise FileNotFoundError(f'no {csv}: put the competition data in {data_dir} (see data/README.md) '
                                 f'or make the demo set with `movie-genre demo {data_dir}`')
+    columns = list(read_csv(csv, nrows=0).columns)
+    missing = [c for c in REQUIRED_COLUMNS + (['genres'] if split == 'train' else []) if c not in columns]
+    if missing: raise DataError(f'{csv} lacks the column(s) {missing}; it has {columns}')
+    return csv
+
+def load_split(data_dir='data', split: str = 'train', image_size: int = 128, aspect: float = 1.5,
+               on_bad: str = 'raise', report_dir=None, genres: list[str] | None = None,
+               workers: int | None = None, year_fill: float | None = None) -> MovieData:
+    "Read, validate and cache one split (`train` or `test`) of the data in `data_dir`; missing years get `year_fill` (default: this split's median)."
+    if on_bad not in ('raise', 'skip'): raise ValueError(f"on_bad must be 'raise' or 'skip', not {on_bad!r}")
+    data_dir, csv = project_path(data_dir), split_csv(data_dir, split)
     table = read_csv(csv)
     labelled = 'genres' in table.columns
-    missing = [c for c in REQUIRED_COLUMNS + (['genres'] if split == 'train' else []) if c not in table.columns]
-    if missing: raise DataError(f'{csv} lacks the column(s) {missing}; it has {list(table.columns)}')
     if table.empty: raise DataError(f'{csv} has a header but no rows')
     sample = _read_sample_submission(data_dir)
     problems = _Problems(table)

@@ -24,10 +24,11 @@ from .metrics import tune_thresholds
 
 # %% auto #0
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
-           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'write_atomic', 'read_run_json',
-           'read_run_csv', 'run_path', 'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest',
-           'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation',
-           'mean_test_probs', 'skipped_ids', 'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
+           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'RESUMABLE', 'write_atomic',
+           'read_run_json', 'read_run_csv', 'run_path', 'load_or_make_folds', 'fold_numbers', 'finished_folds',
+           'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult', 'fold_list',
+           'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'same_setting', 'config_differences', 'load_run',
+           'saved_thresholds', 'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
@@ -103,10 +104,12 @@ def oof_digest(run_dir, folds: list[int] | None = None) -> str:
     return h.hexdigest()[:16]
 
 def fold_status(fold_dir) -> str:
-    "What a fold is: finished, never started, still training (epochs done of planned), or broken."
+    "What a fold is: finished, never started, started without finishing an epoch (its last log), still training (epochs done of planned), or broken."
     fold_dir = Path(fold_dir)
     if (fold_dir / OOF_FILE).is_file(): return 'finished' if (fold_dir / MODEL_FILE).is_file() else f'{OOF_FILE} without {MODEL_FILE}'
-    if not (fold_dir / SUMMARY_FILE).is_file(): return 'not started'
+    if not (fold_dir / SUMMARY_FILE).is_file():
+        logs = sorted((fold_dir / LOGS_DIR).glob('attempt-*.log'), key=lambda log: log.stat().st_mtime)
+        return f'no epoch finished (the last attempt\'s log: {logs[-1]})' if logs else 'not started'
     try:
         epochs = read_run_json(fold_dir / CONFIG_FILE).get('epochs', '?') if (fold_dir / CONFIG_FILE).is_file() else '?'
         return f'in progress: {len(read_run_csv(fold_dir / SUMMARY_FILE))} of {epochs} epochs'
@@ -118,15 +121,25 @@ class FoldBusy(RuntimeError):
 
 def _owner_file(fold_dir: Path) -> Path: return Path(fold_dir) / f'{LOCK_FILE}.owner'
 
+def _process_start(pid: int) -> str | None:
+    "When process `pid` of this machine started (clock ticks after boot, from /proc): a later process given the same pid differs; None where unknown."
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError): return None
+
+def _alive(pid: int, started: str | None) -> bool:
+    "Whether the process `pid` of this machine that started at `started` (when known) still runs."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # another user's process, alive
+    return started is None or _process_start(pid) in (None, started)
+
 def lock_holder(fold_dir) -> str | None:
-    "Who trains the fold now (`pid 123 on host since 12:00:00`), or None when no process does."
-    fold_dir = Path(fold_dir)
-    if not (fold_dir / LOCK_FILE).exists(): return None
-    lock = FileLock(fold_dir / LOCK_FILE, timeout=0)
-    try: lock.acquire()
-    except Timeout: return _owner_file(fold_dir).read_text() if _owner_file(fold_dir).is_file() else 'another process'
-    lock.release()
-    return None
+    "Who trains the fold now (`pid 123 on host since 2024-01-01 12:00:00`), or None; it never takes the lock and never fails."
+    try: owner = json.loads(_owner_file(fold_dir).read_text())
+    except (OSError, ValueError): return None  # no holder, or one that has not written its name yet
+    if not (isinstance(owner, dict) and isinstance(owner.get('pid'), int) and owner['pid'] > 0): return None  # not fold_lock's file
+    if owner.get('host') == socket.gethostname() and not _alive(owner['pid'], owner.get('started')): return None  # killed holder
+    return f"pid {owner['pid']} on {owner.get('host')} since {owner.get('since')}"
 
 @contextlib.contextmanager
 def fold_lock(fold_dir):
@@ -136,13 +149,14 @@ def fold_lock(fold_dir):
     lock = FileLock(fold_dir / LOCK_FILE, timeout=0)
     try: lock.acquire()
     except Timeout:
-        holder = _owner_file(fold_dir).read_text() if _owner_file(fold_dir).is_file() else 'another process'
-        raise FoldBusy(f'{fold_dir} is being trained by {holder}: wait for it to finish, or stop that process') from None
+        raise FoldBusy(f'{fold_dir} is being trained by {lock_holder(fold_dir) or "another process"}: wait for it to finish, '
+                       f'or stop that process') from None
     try:
-        write_atomic(_owner_file(fold_dir), f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}')
+        owner = dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'), started=_process_start(os.getpid()))
+        write_atomic(_owner_file(fold_dir), json.dumps(owner))
         yield
     finally:
-        _owner_file(fold_dir).unlink(missing_ok=True)
+        _owner_file(fold_dir).unlink(missing_ok=True)  # before the lock goes: a probe never names a holder that has left
         lock.release()
 
 # %% ../nbs/03a_runs.ipynb #f68f8a20
@@ -223,6 +237,18 @@ def skipped_ids(run_dir, split: str, folds: list[int]) -> list[int]:
     files = [Path(run_dir) / f'fold{k}' / BAD_ROWS_FILE.format(split=split) for k in folds]
     return sorted({int(i) for f in files if f.is_file() for i in pd.to_numeric(pd.read_csv(f)['id'], errors='coerce').dropna()})
 
+RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
+
+def same_setting(name: str, was, now) -> bool:
+    "Whether two values of setting `name` are the same; folders (`*_dir`) are the same however written (papermill's `data`, the command line's absolute path)."
+    if name.endswith('_dir') and isinstance(was, str) and isinstance(now, str): return same_folder(was, now)
+    return was == now
+
+def config_differences(configs: list[dict]) -> list[str]:
+    "The settings in which `configs` (folds' config.json) differ, but for the fold number and the `RESUMABLE` settings."
+    names = {n for c in configs for n in c} - set(RESUMABLE) - {'fold'}
+    return sorted(n for n in names if any(not same_setting(n, c.get(n), configs[0].get(n)) for c in configs))
+
 def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True) -> RunResult:
     "Read `runs_dir/run_name`: every finished fold's OOF and test probabilities and summaries; labels from `data_dir` (default: the run's)."
     run_dir = run_path(run_name, runs_dir)
@@ -239,8 +265,7 @@ def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True
 
     configs = {k: read_run_json(run_dir / f'fold{k}' / CONFIG_FILE) for k in finished}
     config = configs[finished[0]]
-    def same(key, a, b): return same_folder(a, b) if key == 'data_dir' and isinstance(a, str) and isinstance(b, str) else a == b
-    differences = sorted({key for c in configs.values() for key in c if not same(key, c.get(key), config.get(key))} - {'fold', 'overwrite'})
+    differences = config_differences(list(configs.values()))
     genres = list(_read_probs(run_dir / f'fold{finished[0]}' / OOF_FILE).columns[1:])
     oofs = []
     for k in finished:

@@ -21,17 +21,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
-                              project_path, same_folder, train_transforms)
+                              project_path, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
-from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE,
-                              TEST_FILE, fold_lock, load_or_make_folds, write_atomic)
+from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
+                              SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
+                              same_setting, write_atomic)
 
 # %% auto #0
-__all__ = ['RESUMABLE', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'probs_frame', 'train_step', 'fold_datasets',
-           'Progress', 'config_changes', 'describe_changes', 'train_fold']
+__all__ = ['FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'restore_scaler', 'probs_frame', 'train_step',
+           'fold_datasets', 'Progress', 'config_changes', 'describe_changes', 'resume_state', 'environment_history',
+           'run_config', 'with_run_settings', 'check_fold', 'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -158,6 +160,11 @@ def load_checkpoint(path, device='cpu') -> dict:
         raise CheckpointError(f'{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no detail"}): '
                               f'a full disk or an incomplete copy?') from e
 
+# %% ../nbs/03b_training.ipynb #d6253c42
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict | None):
+    "Load a checkpoint's loss-scaler state `saved` into `scaler` when there is one and `scaler` is on; else `scaler` starts afresh."
+    if scaler.is_enabled() and saved: scaler.load_state_dict(saved)
+
 # %% ../nbs/03b_training.ipynb #269ff544
 def probs_frame(ids: np.ndarray, probs: np.ndarray, genres: list[str]) -> pd.DataFrame:
     "A table of `id` plus one probability column per genre."
@@ -211,26 +218,73 @@ class Progress:
         return line
 
 # %% ../nbs/03b_training.ipynb #0c6526f9
-RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
 FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST_FILE, ENVIRONMENT_FILE,
                 BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test'))
-
-def _same_setting(name: str, was, now) -> bool:
-    "Paths are the same folder however written (papermill's `data` and the command line's absolute path alike)."
-    if name in TrainConfig.path_fields and isinstance(was, str) and isinstance(now, str): return same_folder(was, now)
-    return was == now
 
 def config_changes(recorded: dict, cfg: TrainConfig, names=None) -> dict[str, tuple]:
     "`{name: (recorded value, value in cfg)}` for the fields (default: all but `RESUMABLE` and `fold`) that differ."
     names = names if names is not None else [n for n in asdict(cfg) if n not in RESUMABLE + ('fold',)]
-    return {n: (recorded[n], getattr(cfg, n)) for n in names if n in recorded and not _same_setting(n, recorded[n], getattr(cfg, n))}
+    return {n: (recorded[n], getattr(cfg, n)) for n in names if n in recorded and not same_setting(n, recorded[n], getattr(cfg, n))}
 
 def describe_changes(changes: dict) -> str: return ', '.join(f'{n} {now!r} (was {was!r})' for n, (was, now) in changes.items())
+
+def resume_state(cfg: TrainConfig, device='cpu') -> dict | None:
+    "The state in the fold's `last.pt`, None when it has none; a damaged one, or one trained with settings that change what is learnt, is refused, saying what to do."
+    last, name = cfg.fold_dir / LAST_FILE, f'fold {cfg.fold} of {cfg.run_name}'
+    if not last.exists(): return None
+    try: state = load_checkpoint(last, device)
+    except CheckpointError as e:
+        raise CheckpointError(f'{e} {name} cannot resume from it: train the fold again with overwrite=True '
+                              f'(-p overwrite True), or delete {last}') from e
+    changes = config_changes(state['config'], cfg)
+    if changes:
+        raise ValueError(f'{name} was interrupted, and resuming it with other settings would mix two recipes: '
+                         f'{describe_changes(changes)}. Resume it with the settings it started with, or train it '
+                         f'again with overwrite=True.')
+    return state
+
+def environment_history(previous: dict | None, stretch: dict) -> dict:
+    "The fold's `environment.json` once `stretch` starts: `stretch` (how the fold runs now) and, in `stretches`, every stretch its epochs come from."
+    earlier = (previous or {}).get('stretches', [previous] if previous else [])  # a file from before stretches: one
+    earlier = [s for s in earlier if s.get('from_epoch', 1) < stretch['from_epoch']]  # a stretch that finished no epoch left nothing
+    if earlier: earlier[-1] = {**earlier[-1], 'to_epoch': stretch['from_epoch'] - 1}
+    return {**stretch, 'stretches': earlier + [stretch]}
+
+# %% ../nbs/03b_training.ipynb #e6d2b436
+def run_config(run_dir, but: int | None = None) -> tuple[int, dict] | None:
+    "The first fold of `run_dir` (other than fold `but`) that recorded a `config.json`, and that config; None when no fold has started."
+    for k in fold_numbers(run_dir):
+        config = Path(run_dir) / f'fold{k}' / CONFIG_FILE
+        if k != but and config.is_file(): return k, read_run_json(config)
+    return None
+
+def with_run_settings(params: dict) -> dict:
+    "The driver's `params` (what the user gave) over the settings that change what is learnt recorded by the run's folds (`run_config`)."
+    recorded = run_config(TrainConfig.from_dict({**params, 'fold': 1}).fold_dir.parent)
+    if recorded is None: return dict(params)
+    known = TrainConfig.parameters()
+    return {**{n: v for n, v in recorded[1].items() if n in known and n not in RESUMABLE + ('fold',)}, **params}
+
+def check_fold(cfg: TrainConfig):
+    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: its data's CSV files, a refused resume, a new fold unlike the run's others."
+    if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
+    split_csv(cfg.data_dir, 'train')
+    if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
+    if cfg.overwrite: return  # trained afresh, by request
+    if (cfg.fold_dir / LAST_FILE).exists(): resume_state(cfg); return
+    recorded = run_config(cfg.fold_dir.parent, but=cfg.fold)
+    changes = config_changes(recorded[1], cfg) if recorded else {}
+    if changes:
+        raise ValueError(f'fold {cfg.fold} would join run {cfg.run_name} with other settings than its fold {recorded[0]} has: '
+                         f'{describe_changes(changes)}. Train it with the run\'s settings (movie-genre train uses them for every '
+                         f'setting no -p names), or under a new run name.')
 
 # %% ../nbs/03b_training.ipynb #67a0c83b
 def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData | None = None) -> dict:
     "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the scores of the epoch it predicts with."
-    with fold_lock(cfg.fold_dir): return _train_fold(cfg, data, test)
+    with fold_lock(cfg.fold_dir):
+        check_fold(cfg)
+        return _train_fold(cfg, data, test)
 
 def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None) -> dict:
     out, name = cfg.fold_dir, f'fold {cfg.fold} of {cfg.run_name}'
@@ -269,25 +323,20 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
 
     start, best, since_best, rows, finished = 0, -1.0, 0, [], False
-    if (out / LAST_FILE).exists():
-        try: state = load_checkpoint(out / LAST_FILE, runtime.device)
-        except CheckpointError as e:
-            raise CheckpointError(f'{e} {name} cannot resume from it: train the fold again with overwrite=True '
-                                  f'(-p overwrite True), or delete {out / LAST_FILE}') from e
-        changes = config_changes(state['config'], cfg)
-        if changes:
-            raise ValueError(f'{name} was interrupted, and resuming it with other settings would mix two recipes: '
-                             f'{describe_changes(changes)}. Resume it with the settings it started with, or train it '
-                             f'again with overwrite=True.')
+    state = resume_state(cfg, runtime.device)
+    if state is not None:
         model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler']); scaler.load_state_dict(state['scaler'])
+        scheduler.load_state_dict(state['scheduler']); restore_scaler(scaler, state.get('scaler'))
         if ema is not None: ema.load_state_dict(state['ema'])
         start, best, since_best, finished = state['epoch'] + 1, state['best'], state['since_best'], state['finished']
         rows = pd.read_csv(out / SUMMARY_FILE).iloc[:start].to_dict('records')
         applied = config_changes(state['config'], cfg, RESUMABLE)
         print(f'resuming {name} at epoch {start}' + (f', with {describe_changes(applied)}' if applied else ''), flush=True)
+    try: previous = json.loads((out / ENVIRONMENT_FILE).read_text())
+    except (OSError, ValueError): previous = None  # none yet, or damaged: the history starts again
+    stretch = _environment(runtime, cfg, start)
     write_atomic(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=1))
-    write_atomic(out / ENVIRONMENT_FILE, json.dumps(_environment(runtime), indent=1))
+    write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, stretch), indent=1))
 
     def checkpoint(epoch, finished=False):
         # `weights` are the ones evaluation uses (the average when EMA is on); the rest is for resuming
@@ -334,13 +383,14 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         if finished:
             if stopped_early: print(f'early stop: no better {cfg.metric} F1 for {cfg.patience} epochs')
             break
+    write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, {**stretch, 'to_epoch': len(rows)}), indent=1))
     return _finish(cfg, out, model, valid_dl, test, data.genres, runtime, rows)
 
-def _environment(runtime: Runtime) -> dict:
-    "What the fold ran on: the resolved device and precision, threads, torch, host."
-    return dict(device=str(runtime.device), runtime=runtime.describe(), autocast=str(runtime.dtype).removeprefix('torch.'),
+def _environment(runtime: Runtime, cfg: TrainConfig, start: int) -> dict:
+    "The stretch of the fold's epochs that starts after `start` of them: the resolved device and precision, threads, torch, host, and its `RESUMABLE` settings."
+    return dict(from_epoch=start + 1, device=str(runtime.device), runtime=runtime.describe(), autocast=str(runtime.dtype).removeprefix('torch.'),
                 threads=runtime.threads, torch=torch.__version__, cuda=torch.version.cuda, host=socket.gethostname(),
-                started=time.strftime('%Y-%m-%d %H:%M:%S'))
+                started=time.strftime('%Y-%m-%d %H:%M:%S'), settings={n: getattr(cfg, n) for n in RESUMABLE})
 
 def _finish(cfg, out, model, valid_dl, test, genres, runtime, rows) -> dict:
     "Predict the test split and the validation fold with the weights of `model.pt`; `oof.csv`, written last, marks the fold finished."

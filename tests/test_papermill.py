@@ -113,7 +113,7 @@ def test_driver_trains_folds_in_parallel_reports_a_failed_one_and_prints_their_t
     assert 'on GPU 0' in r.stdout and 'on GPU 1' in r.stdout
     assert f'{broken / "last.pt"} is damaged' in r.stdout  # the error's own line, not only "see the log"
     for k in (1, 3): assert (tmp_path / 'runs' / 'drv' / f'fold{k}' / 'oof.csv').exists()
-    assert (broken / 'logs' / 'attempt-1.ipynb').exists() and (broken / 'logs' / 'attempt-1.log').exists()
+    assert not (broken / 'logs').exists()  # refused before its process started: no attempt to keep
     bad = driver('train', '--run-name', 'drv', '--folds', '1', '-p', 'fodl', '1', tmp_path=tmp_path)
     assert bad.returncode == 2 and 'fodl' in bad.stderr and 'Traceback' not in bad.stderr
 

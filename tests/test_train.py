@@ -197,3 +197,57 @@ def test_the_final_epoch_predicts_unless_asked_otherwise(demo, tmp_path):
     cut = tiny(demo, tmp_path, run_name='cut', epochs=4)
     interrupt(cut)  # stopped by a crash, not by early stopping
     assert fold_table('cut', [1], cut.runs_dir).loc[1, 'weights'] == 'unfinished'
+
+
+def test_a_resume_in_another_precision_continues_and_keeps_each_stretch(demo, tmp_path):
+    "Started in fp32, resumed where the precision is fp16 (a GPU without bf16): the empty scaler state is not loaded, and environment.json keeps both stretches."
+    cfg = tiny(demo, tmp_path, epochs=4, amp=False)
+    interrupt(cfg)
+    done = load_checkpoint(cfg.fold_dir / 'last.pt')['epoch'] + 1  # (the kill may fall between an epoch's summary row and its last.pt)
+    resumed = TrainConfig.from_dict({**vars(cfg), 'amp': True, 'amp_dtype': 'fp16', 'threads': 1})
+    assert train_fold(resumed)['epoch'] == 4
+    assert load_checkpoint(cfg.fold_dir / 'last.pt')['scaler']['scale'] > 0  # the fp16 stretch scaled its loss
+    env = json.loads((cfg.fold_dir / 'environment.json').read_text())
+    assert [(s['from_epoch'], s['to_epoch'], s['settings']['amp'], s['autocast']) for s in env['stretches']] == [
+        (1, done, False, 'None'), (done + 1, 4, True, 'float16')]
+    assert env['autocast'] == 'float16' and env['threads'] == 1  # the top level: how the fold runs now
+    assert TrainConfig.from_dict(json.loads((cfg.fold_dir / 'config.json').read_text())) == resumed  # readers of config.json still work
+
+
+def test_probing_a_fold_lock_never_takes_it_nor_fails(tmp_path):
+    "`lock_holder` asked in a tight loop while another process takes and releases the lock as fast as it can: no FoldBusy there, no error here."
+    from movie_genre.runs import lock_holder
+    fold_dir = tmp_path / 'fold1'
+    code = (f'import time\nfrom movie_genre.runs import FoldBusy, fold_lock\ntaken = busy = 0\nprint("ready", flush=True)\n'
+            f'end = time.time() + 3\nwhile time.time() < end:\n    try:\n        with fold_lock({str(fold_dir)!r}): taken += 1\n'
+            f'    except FoldBusy: busy += 1\nprint(taken, busy)')
+    holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'ready'
+    answers = []
+    while holder.poll() is None: answers.append(lock_holder(fold_dir))  # an exception here fails the test
+    taken, busy = map(int, holder.stdout.read().split())
+    assert busy == 0 and taken > 100 and len(answers) > 100
+    assert {a.split(' on ')[0] for a in answers if a} == {f'pid {holder.pid}'} and None in answers
+
+
+def test_the_driver_refuses_bad_data_or_settings_before_a_fold_starts(demo, tmp_path, capsys):
+    "A missing train.csv, a damaged last.pt, a new fold unlike the run's others: the fold fails at once, with no process and no log."
+    from dataclasses import asdict
+    from movie_genre.cli import train_folds
+    runs = tmp_path / 'runs'
+    table = train_folds({'run_name': 'r', 'data_dir': str(tmp_path / 'nothing'), 'runs_dir': str(runs)}, [1])
+    assert table.loc[1, 'status'] == 'failed' and 'fold 1 FAILED: FileNotFoundError: no ' in capsys.readouterr().out
+    assert not (runs / 'r').exists()  # no logs/attempt-1.*: `movie-genre runs` has no half-started run to list
+    fold1 = tiny(demo, runs, epochs=1)
+    fold1.fold_dir.mkdir(parents=True)
+    (fold1.fold_dir / 'config.json').write_text(json.dumps(asdict(fold1)))  # the run's settings, as fold 1 records them when it starts
+    (runs / 'r' / 'fold3').mkdir()
+    (runs / 'r' / 'fold3' / 'last.pt').write_bytes(b'half a checkpoint')
+    table = train_folds({'run_name': 'r', 'runs_dir': str(runs), 'image_size': 48}, [2, 3])  # the rest comes from the run's fold 1
+    out = capsys.readouterr().out
+    assert (table['status'] == 'failed').all() and 'fold3/last.pt is damaged' in out
+    refusal = next(line for line in out.splitlines() if line.startswith('fold 2 FAILED'))
+    assert 'image_size 48 (was 32)' in refusal and 'epochs' not in refusal and 'data_dir' not in refusal and 'new run name' in refusal
+    assert not any((runs / 'r' / f'fold{k}' / 'logs').exists() for k in (2, 3))
+    with pytest.raises(ValueError, match=r'epochs 12 \(was 1\)'):  # papermill's way: the notebook's defaults, asked for directly
+        train_fold(TrainConfig.from_dict({**vars(fold1), 'fold': 2, 'epochs': 12}))
