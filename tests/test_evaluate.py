@@ -133,3 +133,20 @@ def test_submit_without_a_sample_submission_fails_before_predicting(tmp_path, mo
     monkeypatch.setattr(evaluate_module, 'predict_test_split', predicted)
     with pytest.raises(FileNotFoundError, match=r'sample_submission\.csv.*give --data-dir the folder that has it'):
         make_submission('t', elsewhere, out=tmp_path / 'sub.csv', runs_dir=runs)
+
+
+def test_an_ensemble_whose_member_predicted_another_test_split_is_submitted_from_the_saved_models(tmp_path, capsys):
+    "Member u's stored test probabilities are of an older test split (a movie fewer): not an error, the members' models predict."
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = tfidf_runs(tmp_path)
+    for k in (1, 2): train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name='u', folds=2, fold=k, C=4.0))
+    for stack in (False, True):
+        current = pd.read_csv(make_submission('t,u', out=tmp_path / 'current.csv', runs_dir=runs, stack=stack))
+        older = shutil.copytree(runs, tmp_path / f'older{stack}')
+        for k in (1, 2):
+            stored = older / 'u' / f'fold{k}' / 'test_probs.csv'
+            pd.read_csv(stored).iloc[1:].to_csv(stored, index=False)
+        capsys.readouterr()
+        assert pd.read_csv(make_submission('t,u', out=tmp_path / 'older.csv', runs_dir=older, stack=stack)).equals(current), stack
+        said = capsys.readouterr().out
+        assert 'runs t and u predicted different test movies' in said and 'predicted by the saved fold models' in said, said
