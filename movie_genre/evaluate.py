@@ -212,9 +212,9 @@ def predict_test_split(run_name: str, data_dir, runs_dir='runs', metric: str | N
     return probs, ids[~good].tolist()
 
 def _stored_test_fits(run: RunResult, data_dir, sample_file: Path) -> bool:
-    "Whether the test probabilities the run's folds wrote are of `data_dir`'s test split: its own data, every id of the sample (or skipped as bad)."
+    "Whether the test probabilities the run's folds wrote are of `data_dir`'s test split: its own data, every finished fold's, every id of the sample (or skipped as bad)."
     if run.test_probs is None or not same_folder(data_dir, run.config['data_dir']): return False
-    if not sample_file.is_file(): return True  # `write_submission` says what is missing
+    if set(run.test_folds) != set(run.finished): return False  # folds trained before the test split came: all models predict it
     return set(pd.read_csv(sample_file)['id']) <= set(run.test_probs['id']) | set(run.skipped_test)
 
 def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir='runs', metric: str | None = None,
@@ -226,6 +226,9 @@ def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir
     saved = thresholds_for(run_name, runs_dir, metric, labels_dir, weights, stack)  # the evaluation's, when it ran for this metric
     by_genre = dict(zip(saved['genres'], saved['thresholds']))
     sample_file = project_path(data_dir) / 'sample_submission.csv'
+    if not sample_file.is_file():  # before predicting the test split: minutes on real data
+        raise FileNotFoundError(f'no {sample_file}: the submission copies its ids and columns; put the competition\'s '
+                                f'sample_submission.csv there, or give --data-dir the folder that has it')
     if _stored_test_fits(run, data_dir, sample_file): source = f'{len(run.test_folds)} folds\' test probabilities averaged'
     else:
         probs, failed = predict_test_split(run_name, data_dir, runs_dir, saved['metric'], weights, stack)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .config import FlatConfig
-from .data import TOKEN_RE, MovieData, load_split, project_path
+from .data import BAD_ROWS_FILE, TOKEN_RE, MovieData, load_split, project_path
 from .metrics import decode, f1_scores, tune_thresholds
 from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE, TEST_FILE, fold_lock,
                               load_or_make_folds, read_run_json, write_atomic)
@@ -116,7 +116,8 @@ def train_tfidf_fold(cfg: TfidfConfig, data: MovieData | None = None, test: Movi
             print(f'fold {cfg.fold} of {cfg.run_name} is finished' + (f', with other settings ({", ".join(f"{k} {v!r}, was {w!r}" for k, (w, v) in changed.items())})'
                   if changed else '') + '; overwrite (-p overwrite True) fits it again')
             return pd.read_csv(out / SUMMARY_FILE).iloc[-1].to_dict()
-        for stale in (OOF_FILE, TEST_FILE):  # unfinished until the new oof.csv is written, and no old test split to average in
+        # unfinished until the new oof.csv is written; no old test split to average in, nor old rows skipped as bad
+        for stale in (OOF_FILE, TEST_FILE, BAD_ROWS_FILE.format(split='train'), BAD_ROWS_FILE.format(split='test')):
             (out / stale).unlink(missing_ok=True)
         start = time.time()
         data = data if data is not None else load_split(cfg.data_dir, 'train', 32, 1.5, cfg.on_bad, out)  # posters unused: smallest cache

@@ -106,3 +106,47 @@ def test_a_stack_fills_a_missing_year_as_its_members_do(tmp_path):
     kept = float(train['year'][8:].median())
     assert kept != float(train['year'].median()) and load_predictor('a', runs).year_fill == kept
     assert load_ensemble('a,b', runs, stack=True, verbose=False).config['stack_model']['year_fill'] == kept
+
+
+def tfidf_runs(tmp_path):
+    "A demo set and a TF-IDF run 't' of two folds (seconds to fit: no posters are read)."
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = make_demo(tmp_path / 'data', n_train=48, n_test=10), tmp_path / 'runs'
+    for k in (1, 2): train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name='t', folds=2, fold=k))
+    return data, runs
+
+
+def test_a_run_with_test_probabilities_from_some_folds_is_submitted_from_all_its_models(tmp_path):
+    "Fold 1 trained before the test split came, fold 2 after: the submission is every fold model's, not fold 2's alone."
+    data, runs = tfidf_runs(tmp_path)
+    full = pd.read_csv(make_submission('t', out=tmp_path / 'full.csv', runs_dir=runs))
+    (runs / 't' / 'fold1' / 'test_probs.csv').unlink()
+    assert pd.read_csv(make_submission('t', out=tmp_path / 'partial.csv', runs_dir=runs)).equals(full)
+
+
+def test_submit_without_a_sample_submission_fails_before_predicting(tmp_path, monkeypatch):
+    import movie_genre.evaluate as evaluate_module
+    data, runs = tfidf_runs(tmp_path)
+    elsewhere = shutil.copytree(data, tmp_path / 'elsewhere')
+    (elsewhere / 'sample_submission.csv').unlink()
+    def predicted(*args, **kwargs): raise AssertionError('the test split was predicted before the sample was looked for')
+    monkeypatch.setattr(evaluate_module, 'predict_test_split', predicted)
+    with pytest.raises(FileNotFoundError, match=r'sample_submission\.csv.*give --data-dir the folder that has it'):
+        make_submission('t', elsewhere, out=tmp_path / 'sub.csv', runs_dir=runs)
+
+
+def test_an_ensemble_whose_member_predicted_another_test_split_is_submitted_from_the_saved_models(tmp_path, capsys):
+    "Member u's stored test probabilities are of an older test split (a movie fewer): not an error, the members' models predict."
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    data, runs = tfidf_runs(tmp_path)
+    for k in (1, 2): train_tfidf_fold(TfidfConfig(data_dir=str(data), runs_dir=str(runs), run_name='u', folds=2, fold=k, C=4.0))
+    for stack in (False, True):
+        current = pd.read_csv(make_submission('t,u', out=tmp_path / 'current.csv', runs_dir=runs, stack=stack))
+        older = shutil.copytree(runs, tmp_path / f'older{stack}')
+        for k in (1, 2):
+            stored = older / 'u' / f'fold{k}' / 'test_probs.csv'
+            pd.read_csv(stored).iloc[1:].to_csv(stored, index=False)
+        capsys.readouterr()
+        assert pd.read_csv(make_submission('t,u', out=tmp_path / 'older.csv', runs_dir=older, stack=stack)).equals(current), stack
+        said = capsys.readouterr().out
+        assert 'runs t and u predicted different test movies' in said and 'predicted by the saved fold models' in said, said
