@@ -570,5 +570,7 @@ def predict_cli(args) -> pd.DataFrame:
         print(f'  (thresholds tuned for {predictor.metric} F1)')
         if args.explain: print(f'  Grad-CAM maps: {row.explanation}')
     elif args.out is None: print(table[['poster', 'title', 'genres', 'error']].to_string(index=False))
-    if args.out is not None: print(f'{len(table)} predictions written to {args.out}')
+    failed = int((table['error'] != '').sum())
+    if args.out is not None: print(f'{len(table) - failed} predictions written to {args.out}'
+                                   + (f' ({failed} of {len(table)} rows failed: see their error column)' if failed else ''))
     return table

@@ -341,7 +341,7 @@ def test_a_bad_year_fails_its_row_alone_in_every_predictor(run, capsys):
         assert 'no year' in table.notes[2] and table.year[2] == predictor.year_fill, spec
 
 
-def test_predict_exits_1_when_a_row_fails_after_writing_the_others(run, tmp_path):
+def test_predict_exits_1_when_a_row_fails_after_writing_the_others(run, tmp_path, capsys):
     from movie_genre.cli import main
     first = run.test.id[0]
     pd.DataFrame({'poster': [f'{first}.jpg', 'missing.jpg'], 'title_array': [str(run.data / 'test_w2v' / f'{first}.npy')] * 2}
@@ -351,6 +351,7 @@ def test_predict_exits_1_when_a_row_fails_after_writing_the_others(run, tmp_path
         main(['predict', '--run-name', 'p', '--runs-dir', str(run.runs), str(run.data / 'test' / 'movies.csv'), '--out', str(out)])
     written = pd.read_csv(out, keep_default_na=False)
     assert exit.value.code == 1 and len(written) == 2 and written.error[0] == '' and 'no poster file' in written.error[1]
+    assert f'1 predictions written to {out} (1 of 2 rows failed: see their error column)' in capsys.readouterr().out
     (run.data / 'test' / 'movies.csv').unlink()
 
 
