@@ -147,7 +147,7 @@ def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDi
     return {'folds': folds, 'metric': metric, 'fixed': {k: v for k, v in sorted(fixed.items()) if k not in MACHINE},
             'space': {n: optuna.distributions.distribution_to_json(d) for n, d in sorted(space.items())}}
 
-def open_study(name: str, storage: str, protocol_: dict | None = None, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
+def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
     "Study `name` in `storage`, created with `protocol_` when new; a worker with another protocol is refused, naming the differences."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
@@ -155,9 +155,6 @@ def open_study(name: str, storage: str, protocol_: dict | None = None, heartbeat
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4)
     study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat), sampler=sampler, pruner=pruner,
                                 direction='maximize', load_if_exists=True)
-    if protocol_ is None:
-        if 'protocol' not in study.user_attrs: raise ValueError(f'study {name!r} in {shown_url(storage)} has no trials yet: start it with movie-genre tune')
-        return study
     recorded = study.user_attrs.get('protocol')
     if recorded is None: study.set_user_attr('protocol', protocol_); return study
     differences = [f'{k}: the study has {recorded.get(k)!r}, this worker {v!r}' for k, v in protocol_.items() if recorded.get(k) != v]
