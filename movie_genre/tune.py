@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,14 +23,15 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from .data import project_path
 from .evaluate import cross_fitted_predictions, markdown_table
 from .metrics import f1_scores
-from .runs import fold_list, load_run, run_path, write_atomic
-from .train import RESUMABLE, TrainConfig, train_fold
+from .runs import CONFIG_FILE, fold_list, load_run, run_path, write_atomic
+from .train import RESUMABLE, TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
 __all__ = ['SEARCH_SPACE', 'MACHINE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space',
-           'suggest', 'trial_configs', 'default_storage', 'shown_url', 'open_storage', 'protocol', 'open_study',
-           'trial_run_name', 'pooled_score', 'objective', 'prepare', 'tune_worker', 'stop_on_sigterm', 'start_workers',
-           'load_study', 'trials_table', 'best_recipe', 'recipe_of_study', 'write_report', 'tune_command']
+           'suggest', 'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'protocol',
+           'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'prepare', 'tune_worker',
+           'stop_on_sigterm', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
+           'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -58,9 +60,11 @@ def distribution(name: str, spec: dict) -> BaseDistribution:
     if extra or not {'low', 'high'} <= set(spec):
         raise ValueError(f'search space: {name} {spec!r} needs "low" and "high" (and may have "log" or "step"), or a non-empty "choices" list')
     low, high, log, step = spec['low'], spec['high'], bool(spec.get('log', False)), spec.get('step')
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, step or 1)):
-        return IntDistribution(low, high, log=log, step=step or 1)
-    return FloatDistribution(float(low), float(high), log=log, step=step)
+    try:  # Optuna's own check (low <= high, low > 0 for log) names no parameter
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, step or 1)):
+            return IntDistribution(low, high, log=log, step=step or 1)
+        return FloatDistribution(float(low), float(high), log=log, step=step)
+    except (TypeError, ValueError) as e: raise ValueError(f'search space: {name} {spec!r}: {e}') from None
 
 def search_space(space_file=None, fixed: dict | None = None) -> dict[str, BaseDistribution]:
     "`SEARCH_SPACE` as distributions, changed by a JSON or YAML `space_file` (an entry replaces or adds one; `null` removes it), without the `fixed` names."
@@ -76,7 +80,8 @@ def search_space(space_file=None, fixed: dict | None = None) -> dict[str, BaseDi
     bad = sorted(n for n in specs if n not in known or n in NOT_SEARCHABLE)
     if bad: raise ValueError(f'search space{f" ({space_file})" if space_file else ""}: {", ".join(bad)} cannot be searched; '
                              f'the parameters that can: {", ".join(n for n in known if n not in NOT_SEARCHABLE)}')
-    return {n: distribution(n, s) for n, s in specs.items() if s is not None and n not in (fixed or {})}
+    try: return {n: distribution(n, s) for n, s in specs.items() if s is not None and n not in (fixed or {})}
+    except ValueError as e: raise ValueError(f'{e} (in {space_file})' if space_file else str(e)) from None
 
 # %% ../nbs/04d_tune.ipynb #00000008
 def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict:
@@ -92,6 +97,14 @@ def trial_configs(recipe: dict, run_name: str, folds: list[int]) -> list[TrainCo
     "One `TrainConfig` per fold of the trial: building them checks the recipe before anything trains."
     try: return [TrainConfig.from_dict({**recipe, 'run_name': run_name, 'fold': k}) for k in folds]
     except (TypeError, ValueError) as e: raise ValueError(f'invalid recipe, not trained: {e}') from None
+
+def check_space(space: dict[str, BaseDistribution], fixed: dict, fold: int = 1):
+    "Each end of each range, and each choice, of `space` must be a valid setting beside the `fixed` ones: a bad space is refused before any trial."
+    for name, d in space.items():
+        for value in d.choices if isinstance(d, CategoricalDistribution) else (d.low, d.high):
+            try: TrainConfig.from_dict({**fixed, name: value, 'fold': fold})
+            except (TypeError, ValueError) as e: raise ValueError(f'search space: {name} {value!r} is not a valid setting ({e}): '
+                                                                  f'narrow it with --space, or fix {name} with -p') from None
 
 # %% ../nbs/04d_tune.ipynb #0000000b
 def default_storage(study: str, runs_dir='runs') -> str:
@@ -119,6 +132,9 @@ def open_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
                 warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(driver.render_as_string(hide_password=False), engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                                   heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except sqlalchemy.exc.ArgumentError as e:  # a misspelt dialect (postgres://, sqllite://) or a bad SQLite URL: no retry cures it
+            raise ValueError(f'--storage {shown_url(url)} is not a database URL SQLAlchemy can open ({str(e).splitlines()[0]}): '
+                             f'e.g. sqlite:///runs/study.db or postgresql://user:password@host/database') from None
         except sqlalchemy.exc.OperationalError as e:
             if attempt == 2: raise RuntimeError(f'cannot open the study database {shown_url(url)}: {str(e).splitlines()[0]}') from None
         except sqlalchemy.exc.SQLAlchemyError:
@@ -131,7 +147,7 @@ def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDi
     return {'folds': folds, 'metric': metric, 'fixed': {k: v for k, v in sorted(fixed.items()) if k not in MACHINE},
             'space': {n: optuna.distributions.distribution_to_json(d) for n, d in sorted(space.items())}}
 
-def open_study(name: str, storage: str, protocol_: dict | None = None, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
+def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
     "Study `name` in `storage`, created with `protocol_` when new; a worker with another protocol is refused, naming the differences."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
@@ -139,9 +155,6 @@ def open_study(name: str, storage: str, protocol_: dict | None = None, heartbeat
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4)
     study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat), sampler=sampler, pruner=pruner,
                                 direction='maximize', load_if_exists=True)
-    if protocol_ is None:
-        if 'protocol' not in study.user_attrs: raise ValueError(f'study {name!r} in {shown_url(storage)} has no trials yet: start it with movie-genre tune')
-        return study
     recorded = study.user_attrs.get('protocol')
     if recorded is None: study.set_user_attr('protocol', protocol_); return study
     differences = [f'{k}: the study has {recorded.get(k)!r}, this worker {v!r}' for k, v in protocol_.items() if recorded.get(k) != v]
@@ -157,6 +170,15 @@ def trial_run_name(study: str, trial: optuna.Trial) -> str:
     "The trial's run folder name, `<study>-t<number>`; a retry inherits the name (in its user attributes) and so resumes the folds it finished."
     return trial.user_attrs.get('run_name') or f'{study}-t{trial.number}'
 
+def check_run_folder(configs: list[TrainConfig]):
+    "Refuse a trial whose run folder holds folds of another recipe (an earlier study of the same name): `train_fold` would return their scores."
+    names = [n for n in TrainConfig.parameters() if n not in (*MACHINE, 'fold')]  # a retry on another machine reads the data elsewhere
+    for cfg in configs:
+        if not (cfg.fold_dir / CONFIG_FILE).is_file(): continue
+        changes = config_changes(json.loads((cfg.fold_dir / CONFIG_FILE).read_text()), cfg, names)
+        if changes: raise ValueError(f'{cfg.fold_dir} holds a fold of another recipe ({describe_changes(changes)}), from an earlier study '
+                                     f'of this name: delete {cfg.fold_dir.parent}, or tune under another --study')
+
 def pooled_score(run_name: str, runs_dir, folds: list[int], metric: str = 'macro') -> float:
     "The pooled out-of-fold `metric` F1 of the run's `folds`, each fold decoded with thresholds tuned on the others (cross-fitted)."
     run = load_run(run_name, runs_dir, verbose=False)
@@ -167,6 +189,7 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
     "Train the trial's recipe on `folds` with `train_fold` (each finished fold reports its F1 to the pruner) and return its pooled, cross-fitted score."
     run_name = trial_run_name(study, trial)
     configs = trial_configs({**suggest(trial, space), **fixed}, run_name, folds)  # a bad recipe fails here, before any training
+    check_run_folder(configs)
     run_dir = run_path(run_name, configs[0].runs_dir)
     for name, value in dict(run_name=run_name, host=socket.gethostname(), pid=os.getpid(), data_dir=configs[0].data_dir).items():
         trial.set_user_attr(name, value)
@@ -194,8 +217,14 @@ def prepare(study: str, storage: str | None = None, folds=(1, 2), metric: str = 
     if metric not in ('macro', 'micro'): raise ValueError(f'--metric must be macro or micro, not {metric!r}')
     trial_configs(fixed, 'check', folds)  # the fixed settings and the folds, before any trial
     space = search_space(space_file, fixed)
-    storage = storage or default_storage(study, fixed.get('runs_dir', 'runs'))
-    return open_study(study, storage, protocol(folds, metric, fixed, space), heartbeat, seed), space
+    check_space(space, fixed, folds[0])
+    runs_dir = project_path(fixed.get('runs_dir', 'runs'))
+    opened = open_study(study, storage or default_storage(study, runs_dir), protocol(folds, metric, fixed, space), heartbeat, seed)
+    earlier = sorted(p.name for p in runs_dir.glob(f'{study}-t*') if re.fullmatch(rf'{re.escape(study)}-t\d+', p.name))
+    if earlier and not opened.get_trials(deepcopy=False):  # its trials would be scored with the folds those folders hold
+        raise ValueError(f'study {study!r} has no trials, but {runs_dir} holds the run folders of an earlier study of that name '
+                         f'({", ".join(earlier[:3])}{", ..." if len(earlier) > 3 else ""}): delete them, or tune under another --study')
+    return opened, space
 
 def tune_worker(study: str, storage: str | None = None, n_trials: int | None = None, timeout: float | None = None, folds=(1, 2),
                 metric: str = 'macro', fixed: dict | None = None, space_file=None, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
@@ -232,6 +261,12 @@ def start_workers(gpus: list[str], worker: dict) -> list[int]:
 # %% ../nbs/04d_tune.ipynb #00000016
 def load_study(study: str, storage: str) -> optuna.Study:
     "An existing study; `ValueError` naming the studies the storage holds when it has no `study`."
+    import sqlalchemy
+    try: url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError: url = None  # open_storage says what is wrong with it
+    if url is not None and url.get_backend_name() == 'sqlite' and url.database not in (None, '', ':memory:') and not Path(url.database).is_file():
+        raise ValueError(f'no study {study!r}: there is no study database {url.database} (start the study with movie-genre tune '
+                         f'--study {study}, or give the --storage it was started with)')
     opened = open_storage(storage)
     try: return optuna.load_study(study_name=study, storage=opened)
     except KeyError:
@@ -330,8 +365,8 @@ def tune_command(study: str, storage: str | None = None, n_trials: int | None = 
         if failed: raise RuntimeError(f'the worker(s) on GPU {", ".join(failed)} failed (their errors are above)')
     else: tune_worker(**worker)
     table = trials_table(load_study(study, storage))
-    print(f'\nstudy {study}: ' + ', '.join(f'{n} {s.lower()}' for s, n in table['state'].value_counts().items()))
-    if (table['state'] == 'COMPLETE').any():
+    print(f'\nstudy {study}: ' + (', '.join(f'{n} {s.lower()}' for s, n in table['state'].value_counts().items()) if len(table) else 'no trials yet'))
+    if len(table) and (table['state'] == 'COMPLETE').any():
         best = table['score'].idxmax()
         print(f"best: trial {best}, score {table.loc[best, 'score']:.4f} (run {table.loc[best, 'run']}); "
               f"the report: movie-genre tune --study {study} --report")
