@@ -215,6 +215,8 @@ def prepare(study: str, storage: str | None = None, folds=(1, 2), metric: str = 
     if len(folds) < 2: raise ValueError(f'--folds {fold_list(folds)}: a trial needs two folds or more, because its score decodes each fold '
                                         f'with thresholds tuned on the others (cross-fitted); e.g. --folds 1-2')
     if metric not in ('macro', 'micro'): raise ValueError(f'--metric must be macro or micro, not {metric!r}')
+    if fixed.get('overwrite'): raise ValueError('-p overwrite True: a retried trial resumes the folds it finished, and overwrite '
+                                           'would train them again each time; to start over, tune under another --study')
     trial_configs(fixed, 'check', folds)  # the fixed settings and the folds, before any trial
     space = search_space(space_file, fixed)
     check_space(space, fixed, folds[0])
