@@ -19,7 +19,7 @@ from .model import GenreNet, ResNetD, SeedCNN, build_model
 from .runs import CONFIG_FILE, MODEL_FILE, RunResult
 
 # %% auto #0
-__all__ = ['cam_layer', 'gradcam', 'fold_model', 'run_gradcam', 'saliency_grid', 'error_gallery']
+__all__ = ['NO_HEAT', 'cam_layer', 'gradcam', 'fold_model', 'run_gradcam', 'saliency_grid', 'error_gallery']
 
 # %% ../nbs/04c_explain.ipynb #01bd80d4
 def cam_layer(model: GenreNet) -> torch.nn.Module:
@@ -72,10 +72,14 @@ def run_gradcam(run: RunResult, data: MovieData, ids, genre: str, device: str = 
     return maps
 
 # %% ../nbs/04c_explain.ipynb #8850bab2
+NO_HEAT = 'no heat: no region raises\nthis genre (title, year?)'
+
 def _overlay(ax, poster: np.ndarray, cam: np.ndarray | None, title: str):
+    "`poster` on `ax` under `title`, with its Grad-CAM `cam` over it; an all-zero map says why the panel has no heat."
     ax.imshow(poster)
     if cam is not None: ax.imshow(cam, cmap='jet', alpha=0.45, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=8)
+    # Grad-CAM keeps only evidence for the genre (ReLU): a zero map means no part of the poster raised its score
+    ax.set_title(title + (f'\n{NO_HEAT}' if cam is not None and not np.any(cam > 0) else ''), fontsize=8)
     ax.axis('off')
 
 def _short(text, n: int = 22) -> str:
