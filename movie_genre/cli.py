@@ -21,14 +21,14 @@ from pathlib import Path
 # pandas; each command imports what it uses.
 
 # %% auto #0
-__all__ = ['CHILDREN', 'Stopped', 'ChildProcesses', 'stopping_on_signals', 'stream_output', 'parse_folds', 'notebook_path',
-           'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural', 'folds_to_train', 'train_folds',
-           'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed', 'run_notebook', 'check_runs', 'main',
-           'compare_command', 'evaluate_command', 'quickstart']
+__all__ = ['CHILDREN', 'STOP_SIGNALS', 'Stopped', 'ChildProcesses', 'stopping_on_signals', 'stream_output', 'parse_folds',
+           'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural', 'folds_to_train',
+           'train_folds', 'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed', 'run_notebook',
+           'check_runs', 'main', 'compare_command', 'evaluate_command', 'quickstart']
 
 # %% ../nbs/07_cli.ipynb #c41d0002
 class Stopped(KeyboardInterrupt):
-    "SIGINT or SIGTERM reached the command: its child processes are stopped, and it exits with 128 + `signum`."
+    "SIGINT, SIGTERM or SIGHUP reached the command: its child processes are stopped, and it exits with 128 + `signum`."
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
@@ -53,21 +53,43 @@ class ChildProcesses:
     "The processes a command starts, each in a session of its own, and stopped together by `stop`."
     def __init__(self, grace: float = 5.0):
         self.grace, self.stopping, self.depth, self._procs, self._lock = grace, None, 0, set(), threading.Lock()
+        self._main_inside, self._deferred = False, None  # the main thread wants or holds the lock; a signal it got meanwhile
+
+    @contextlib.contextmanager
+    def _locked(self):
+        "The lock; a signal that reaches the main thread while it waits for or holds it is handled once it is released (the handler needs it too)."
+        main = threading.current_thread() is threading.main_thread()
+        if main: self._main_inside = True
+        try:
+            with self._lock: yield
+        finally:
+            if main:
+                self._main_inside = False
+                if self._deferred is not None:
+                    signum, self._deferred = self._deferred, None
+                    self.on_signal(signum)
+
+    def on_signal(self, signum: int, frame=None):
+        "The signal handler: `stop` the children, then raise `Stopped` (the first time), in the main thread."
+        if self._main_inside: self._deferred = signum; return  # inside `start`, say: the child being started is stopped too
+        first = self.stopping is None
+        self.stop(signum)
+        if first: raise Stopped(signum)
 
     def start(self, command: list, **popen) -> subprocess.Popen:
         "`subprocess.Popen(command, **popen)` in a new session; `Stopped` instead once stopping has begun."
-        with self._lock:
+        with self._locked():
             if self.stopping: raise Stopped(self.stopping)
             proc = subprocess.Popen(command, start_new_session=True, **popen)
             self._procs.add(proc)
         return proc
 
     def ended(self, proc: subprocess.Popen):
-        with self._lock: self._procs.discard(proc)
+        with self._locked(): self._procs.discard(proc)
 
     def stop(self, signum: int = signal.SIGTERM):
         "Send `signum` to every child and its descendants, then SIGKILL to those left after `grace` seconds; a second call kills at once."
-        with self._lock:
+        with self._locked():
             again, self.stopping = self.stopping is not None, self.stopping or signum
             processes = [p for proc in self._procs for p in _process_tree(proc.pid)]
         _send(processes, signal.SIGKILL if again else signum)
@@ -83,17 +105,15 @@ class ChildProcesses:
 
 CHILDREN = ChildProcesses()  # the processes this command started
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C or `kill -INT`; `kill`, a scheduler, `timeout`; a closed terminal
+
 @contextlib.contextmanager
 def stopping_on_signals(children: ChildProcesses = CHILDREN):
-    "Inside, SIGINT and SIGTERM stop `children` and raise `Stopped` (from the main thread; elsewhere signals stay as they are)."
+    "Inside, `STOP_SIGNALS` stop `children` and raise `Stopped` (from the main thread; elsewhere signals stay as they are); one the command was started to ignore (`nohup`) stays ignored."
     if children.depth == 0: children.stopping = None  # a new command (or a notebook's next call) starts afresh
     children.depth += 1
     main = threading.current_thread() is threading.main_thread()
-    def on_signal(signum, frame):
-        first = children.stopping is None
-        children.stop(signum)
-        if first: raise Stopped(signum)
-    before = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    before = {s: signal.signal(s, children.on_signal) for s in STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN} if main else {}
     try: yield children
     finally:
         for s, handler in before.items(): signal.signal(s, handler)
@@ -331,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--force', action='store_true', help='write into a folder that is not empty (files of the same name are replaced)')
     p = command('train', 'train folds through nbs/04_train.ipynb, one papermill process per fold (or the TF-IDF title member)',
                 epilog=train_help + '\n\nwith --model tfidf:\n' + parameter_help_of('TfidfConfig')
-                       + '\n\nSIGINT or SIGTERM (Ctrl-C, kill, timeout, a scheduler) stops every running fold within seconds; the same '
+                       + '\n\nSIGINT, SIGTERM or SIGHUP (Ctrl-C, kill, timeout, a scheduler, a closed terminal) stops every running fold within seconds; the same '
                          'command resumes\neach from its last finished epoch. Exit codes: 0 done, 1 a fold failed, 2 bad input, '
-                         '130 SIGINT, 143 SIGTERM.')
+                         '129 SIGHUP, 130 SIGINT, 143 SIGTERM.')
     p.add_argument('--model', choices=('network', 'tfidf'), default='network',
                    help='a network (the papermill notebook), or the TF-IDF title member (in this process, under half a minute a fold)')
     p.add_argument('--run-name', required=True, help='the run folder runs/<name>/')

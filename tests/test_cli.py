@@ -212,3 +212,41 @@ def test_the_driver_threads_take_each_fold_once(monkeypatch, tmp_path):
             assert sorted(ran) == list(range(1, 10)) and not crashes, (ran, crashes)
             assert (table['status'] == 'trained').all()
     finally: sys.setswitchinterval(switch)
+
+
+_COMMAND_WITH_A_CHILD = '''
+import os, signal, subprocess, sys, threading, time
+from pathlib import Path
+import psutil
+from movie_genre import cli
+if sys.argv[1] == 'nohup': signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup movie-genre ...` starts it
+log, started, real_popen = Path(sys.argv[2]), [], subprocess.Popen
+class Popen(real_popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        started.append(self.pid)
+        if sys.argv[1] == 'while-starting': os.kill(os.getpid(), signal.SIGTERM)  # the signal comes while the child is being started
+subprocess.Popen = Popen
+def send_when_up(signum):
+    while 'up' not in (log.read_text() if log.exists() else ''): time.sleep(0.05)
+    os.kill(os.getpid(), signum)
+if sys.argv[1] != 'while-starting':
+    threading.Thread(target=send_when_up, args=(signal.SIGHUP,), daemon=True).start()
+cli._run = lambda args, parser: cli.stream_output([sys.executable, '-c', 'import time; print("up", flush=True); time.sleep(3); print("done")'], log)
+try: cli.main(['runs']); print('exit 0', flush=True)
+except SystemExit as e: print('exit', e.code, flush=True)
+finally: print('child running', psutil.pid_exists(started[0]) and psutil.Process(started[0]).status() != psutil.STATUS_ZOMBIE, flush=True)
+'''
+
+
+@pytest.mark.parametrize('when, code', [('while-starting', 143), ('hangup', 129), ('nohup', 0)])
+def test_a_signal_while_a_child_starts_or_a_closed_terminal_stops_the_child(tmp_path, when, code):
+    "SIGTERM while the child process is being started stops it (no deadlock on the children's lock, no orphan); SIGHUP (a closed"
+    "terminal) stops the children like SIGTERM, since they run in sessions of their own that the terminal's hangup does not reach;"
+    "under nohup SIGHUP stays ignored."
+    script = tmp_path / 'command.py'
+    script.write_text(_COMMAND_WITH_A_CHILD)
+    r = subprocess.run([sys.executable, script, when, tmp_path / 'child.log'], capture_output=True, text=True, timeout=20,
+                       env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert f'exit {code}' in r.stdout and 'child running False' in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert ('done' in (tmp_path / 'child.log').read_text()) == (when == 'nohup')  # stopped at once, or (nohup) not stopped at all
