@@ -5,132 +5,25 @@
 # %% ../nbs/07_cli.ipynb #7ef30313
 from __future__ import annotations
 import argparse
-import contextlib
 import json
 import os
 import queue
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from .processes import CHILDREN, ChildProcesses, Stopped, stopping_on_signals, stream_output
+
 # Only the standard library at import: `movie-genre --help` and argument parsing must not wait seconds for torch and
 # pandas; each command imports what it uses.
 
 # %% auto #0
-__all__ = ['CHILDREN', 'STOP_SIGNALS', 'Stopped', 'ChildProcesses', 'stopping_on_signals', 'stream_output', 'parse_folds',
-           'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural', 'folds_to_train',
+__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural', 'folds_to_train',
            'train_folds', 'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed', 'run_notebook',
            'check_runs', 'main', 'compare_command', 'evaluate_command', 'quickstart']
-
-# %% ../nbs/07_cli.ipynb #c41d0002
-class Stopped(KeyboardInterrupt):
-    "SIGINT, SIGTERM or SIGHUP reached the command: its child processes are stopped, and it exits with 128 + `signum`."
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-def _process_tree(pid: int) -> list:
-    "The process `pid` and its descendants, as psutil processes (which check that a pid was not reused)."
-    import psutil
-    try: root = psutil.Process(pid); return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess: return []
-
-def _running(process) -> bool:
-    import psutil
-    try: return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess: return False
-
-def _send(processes: list, signum: int):
-    import psutil
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess): process.send_signal(signum)
-
-class ChildProcesses:
-    "The processes a command starts, each in a session of its own, and stopped together by `stop`."
-    def __init__(self, grace: float = 5.0):
-        self.grace, self.stopping, self.depth, self._procs, self._lock = grace, None, 0, set(), threading.Lock()
-        self._main_inside, self._deferred = False, None  # the main thread wants or holds the lock; a signal it got meanwhile
-
-    @contextlib.contextmanager
-    def _locked(self):
-        "The lock; a signal that reaches the main thread while it waits for or holds it is handled once it is released (the handler needs it too)."
-        main = threading.current_thread() is threading.main_thread()
-        if main: self._main_inside = True
-        try:
-            with self._lock: yield
-        finally:
-            if main:
-                self._main_inside = False
-                if self._deferred is not None:
-                    signum, self._deferred = self._deferred, None
-                    self.on_signal(signum)
-
-    def on_signal(self, signum: int, frame=None):
-        "The signal handler: `stop` the children, then raise `Stopped` (the first time), in the main thread."
-        if self._main_inside: self._deferred = signum; return  # inside `start`, say: the child being started is stopped too
-        first = self.stopping is None
-        self.stop(signum)
-        if first: raise Stopped(signum)
-
-    def start(self, command: list, **popen) -> subprocess.Popen:
-        "`subprocess.Popen(command, **popen)` in a new session; `Stopped` instead once stopping has begun."
-        with self._locked():
-            if self.stopping: raise Stopped(self.stopping)
-            proc = subprocess.Popen(command, start_new_session=True, **popen)
-            self._procs.add(proc)
-        return proc
-
-    def ended(self, proc: subprocess.Popen):
-        with self._locked(): self._procs.discard(proc)
-
-    def stop(self, signum: int = signal.SIGTERM):
-        "Send `signum` to every child and its descendants, then SIGKILL to those left after `grace` seconds; a second call kills at once."
-        with self._locked():
-            again, self.stopping = self.stopping is not None, self.stopping or signum
-            processes = [p for proc in self._procs for p in _process_tree(proc.pid)]
-        _send(processes, signal.SIGKILL if again else signum)
-        self._wait(processes, self.grace)
-        left = [q for p in processes if _running(p) for q in _process_tree(p.pid)]
-        _send(left, signal.SIGKILL)
-        self._wait(left, 2.0)  # a killed process is gone a moment later
-
-    @staticmethod
-    def _wait(processes: list, seconds: float):
-        deadline = time.monotonic() + seconds
-        while any(map(_running, processes)) and time.monotonic() < deadline: time.sleep(0.05)
-
-CHILDREN = ChildProcesses()  # the processes this command started
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C or `kill -INT`; `kill`, a scheduler, `timeout`; a closed terminal
-
-@contextlib.contextmanager
-def stopping_on_signals(children: ChildProcesses = CHILDREN):
-    "Inside, `STOP_SIGNALS` stop `children` and raise `Stopped` (from the main thread; elsewhere signals stay as they are); one the command was started to ignore (`nohup`) stays ignored."
-    if children.depth == 0: children.stopping = None  # a new command (or a notebook's next call) starts afresh
-    children.depth += 1
-    main = threading.current_thread() is threading.main_thread()
-    before = {s: signal.signal(s, children.on_signal) for s in STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN} if main else {}
-    try: yield children
-    finally:
-        for s, handler in before.items(): signal.signal(s, handler)
-        children.depth -= 1
-
-def stream_output(command: list, log: Path, echo=lambda line: False, env: dict | None = None,
-                  children: ChildProcesses = CHILDREN) -> int:
-    "Run `command` as one of `children`; each line of its output goes to `log` at once (so `tail -f` follows it), and to the console when `echo(line)`; its exit code."
-    with open(log, 'w') as f:
-        proc = children.start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors='replace')
-        try:
-            for line in proc.stdout:
-                f.write(line); f.flush()
-                if echo(line): print(line, end='', flush=True)
-        finally:
-            proc.stdout.close(); proc.wait(); children.ended(proc)
-    return proc.returncode
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
