@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 import warnings
@@ -21,6 +20,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from .data import project_path
+from .processes import CHILDREN, STOP_SIGNALS, ChildProcesses, stopping_on_signals
 from .evaluate import cross_fitted_predictions, markdown_table
 from .metrics import f1_scores
 from .runs import CONFIG_FILE, fold_list, load_run, run_path, write_atomic
@@ -30,7 +30,7 @@ from .train import RESUMABLE, TrainConfig, config_changes, describe_changes, tra
 __all__ = ['SEARCH_SPACE', 'MACHINE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space',
            'suggest', 'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'protocol',
            'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'prepare', 'tune_worker',
-           'stop_on_sigterm', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
+           'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
            'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
@@ -246,19 +246,17 @@ def tune_worker(study: str, storage: str | None = None, n_trials: int | None = N
         raise
     return opened
 
-def stop_on_sigterm():
-    "SIGTERM as Ctrl-C: the training stops within a step, the fold keeps its last finished epoch, the trial is queued again."
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+def interrupt_on_stop_signals():
+    "In a worker process: SIGTERM and SIGHUP as Ctrl-C, so that the training stops within a step, the fold keeps its last finished epoch and the trial is queued again."
+    for s in STOP_SIGNALS: signal.signal(s, signal.default_int_handler)
 
-def start_workers(gpus: list[str], worker: dict) -> list[int]:
-    "One `tune_worker(**worker)` process per GPU (it sees only its own, `CUDA_VISIBLE_DEVICES`); their exit codes. Ctrl-C or SIGTERM stops them all."
-    procs = [subprocess.Popen([sys.executable, '-m', 'movie_genre.tune', json.dumps(worker)], env={**os.environ, 'CUDA_VISIBLE_DEVICES': g})
+def start_workers(gpus: list[str], worker: dict, children: ChildProcesses = CHILDREN) -> list[int]:
+    "One `tune_worker(**worker)` process per GPU (it sees only its own, `CUDA_VISIBLE_DEVICES`), as `children`; their exit codes. A signal to this process stops them all (`03d_processes`)."
+    procs = [children.start([sys.executable, '-m', 'movie_genre.tune', json.dumps(worker)], env={**os.environ, 'CUDA_VISIBLE_DEVICES': g})
              for g in gpus]
     try: return [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs: p.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reached them already; a SIGTERM to this process did not
-        for p in procs: p.wait()
-        raise
+    finally:
+        for p in procs: children.ended(p)
 
 # %% ../nbs/04d_tune.ipynb #00000016
 def load_study(study: str, storage: str) -> optuna.Study:
@@ -358,14 +356,14 @@ def tune_command(study: str, storage: str | None = None, n_trials: int | None = 
     if report:
         print(f'report: {write_report(load_study(study, storage), out_dir, storage)}')
         return
-    stop_on_sigterm()
     worker = dict(study=study, storage=storage, n_trials=n_trials, timeout=timeout, folds=list(folds), metric=metric, fixed=fixed,
                   space_file=None if space_file is None else str(space_file), heartbeat=heartbeat, seed=seed)
-    if gpus:
-        prepare(**{k: v for k, v in worker.items() if k not in ('n_trials', 'timeout')})  # create the study once, check everything, before the workers start
-        failed = [g for g, code in zip(gpus, start_workers(gpus, worker)) if code]
-        if failed: raise RuntimeError(f'the worker(s) on GPU {", ".join(failed)} failed (their errors are above)')
-    else: tune_worker(**worker)
+    with stopping_on_signals():  # SIGINT, SIGTERM, SIGHUP: the training stops within a step, the trial is queued again, exit 128 + signal
+        if gpus:
+            prepare(**{k: v for k, v in worker.items() if k not in ('n_trials', 'timeout')})  # create the study once, check everything, before the workers start
+            failed = [g for g, code in zip(gpus, start_workers(gpus, worker)) if code]
+            if failed: raise RuntimeError(f'the worker(s) on GPU {", ".join(failed)} failed (their errors are above)')
+        else: tune_worker(**worker)
     table = trials_table(load_study(study, storage))
     print(f'\nstudy {study}: ' + (', '.join(f'{n} {s.lower()}' for s, n in table['state'].value_counts().items()) if len(table) else 'no trials yet'))
     if len(table) and (table['state'] == 'COMPLETE').any():
@@ -376,6 +374,6 @@ def tune_command(study: str, storage: str | None = None, n_trials: int | None = 
 # %% ../nbs/04d_tune.ipynb #0000001b
 # `python -m movie_genre.tune '{...}'`: one worker of `start_workers`; a notebook's kernel is '__main__' too, told apart by `get_ipython`
 if __name__ == '__main__' and 'get_ipython' not in globals():
-    stop_on_sigterm()
+    interrupt_on_stop_signals()
     try: tune_worker(**json.loads(sys.argv[1]))
     except KeyboardInterrupt: sys.exit(130)

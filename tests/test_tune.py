@@ -138,7 +138,7 @@ def test_sigterm_stops_a_worker_within_seconds_and_queues_its_trial_again(demo, 
     worker.send_signal(signal.SIGTERM)
     start = time.time()
     out, _ = worker.communicate(timeout=60)
-    assert time.time() - start < 15 and worker.returncode == 130, out[-2000:]
+    assert time.time() - start < 15 and worker.returncode == 143, out[-2000:]  # 128 + SIGTERM, as `movie-genre train`
     trials = load_study('t', f'sqlite:///{tmp}/runs/t.db').get_trials()
     assert [t.state.name for t in trials] == ['FAIL', 'WAITING'] and trials[1].system_attrs['failed_trial'] == 0
     assert trials[1].user_attrs['run_name'] == 't-t0' and (tmp / 'runs' / 't-t0' / 'fold1' / 'last.pt').is_file()
@@ -162,3 +162,24 @@ def test_a_worker_with_another_protocol_is_refused(demo, tmp_path):
         prepare('p', fixed={**fixed, 'epochs': 2})
     with pytest.raises(ValueError, match='two folds or more'): prepare('p', folds=[1], fixed=fixed)
     with pytest.raises(ValueError, match=r'fold must be in 1\.\.3'): prepare('p', folds=[1, 4], fixed={**fixed, 'folds': 3})
+
+
+def test_sigterm_to_a_gpus_parent_alone_stops_its_workers_and_queues_their_trials(demo, tmp_path):
+    "`tune --gpus 0,1` (GPU check waived: CPU workers here) stopped the way a scheduler stops it: the workers with it, within seconds."
+    import psutil
+    tmp, env = tmp_path, {k: v for k, v in os.environ.items() if k != 'IN_TEST'}
+    code = 'import sys, movie_genre.cli as cli; cli.check_gpus = lambda gpus: gpus; cli.main(sys.argv[1:])'
+    command = [sys.executable, '-c', code, 'tune', '--study', 'g', '--n-trials', '1', '--gpus', '0,1', *TINY, '-p', 'epochs', '20',
+               '-p', 'data_dir', demo, '-p', 'runs_dir', tmp / 'runs', '-p', 'reports_dir', tmp / 'reports']
+    parent = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    wait_for(tmp / 'runs' / 'g-t0' / 'fold1' / 'last.pt', parent)
+    workers = psutil.Process(parent.pid).children(recursive=True)
+    assert len(workers) >= 2
+    parent.send_signal(signal.SIGTERM)
+    start = time.time()
+    out, _ = parent.communicate(timeout=60)
+    assert time.time() - start < 15 and parent.returncode == 143, out[-2000:]
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f'workers left running: {alive}'
+    states = [t.state.name for t in load_study('g', f'sqlite:///{tmp}/runs/g.db').get_trials()]
+    assert 'RUNNING' not in states and 'WAITING' in states, states  # interrupted trials are queued again for the next worker
