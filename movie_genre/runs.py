@@ -248,7 +248,8 @@ def skipped_ids(run_dir, split: str, folds: list[int]) -> list[int]:
     files = [Path(run_dir) / f'fold{k}' / BAD_ROWS_FILE.format(split=split) for k in folds]
     return sorted({int(i) for f in files if f.is_file() for i in pd.to_numeric(pd.read_csv(f)['id'], errors='coerce').dropna()})
 
-RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
+# where and how fast a fold runs, not what it learns; the data's folder too (a copy elsewhere, another machine's mount: `folds.csv` checks the movies are the same)
+RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir', 'data_dir')
 
 def same_setting(name: str, was, now) -> bool:
     "Whether two values of setting `name` are the same; folders (`*_dir`) are the same however written (papermill's `data`, the command line's absolute path)."
