@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,11 @@ from .metrics import tune_thresholds
 
 # %% auto #0
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
-           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'RESUMABLE', 'write_atomic',
-           'read_run_json', 'read_run_csv', 'run_path', 'load_or_make_folds', 'fold_numbers', 'finished_folds',
-           'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult', 'fold_list',
-           'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'same_setting', 'config_differences', 'load_run',
-           'saved_thresholds', 'save_thresholds', 'run_thresholds']
+           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'OWNER_STALE_S', 'RESUMABLE',
+           'write_atomic', 'read_run_json', 'read_run_csv', 'run_path', 'load_or_make_folds', 'fold_numbers',
+           'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult',
+           'fold_list', 'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'same_setting', 'config_differences',
+           'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
@@ -133,12 +134,16 @@ def _alive(pid: int, started: str | None) -> bool:
     except PermissionError: pass  # another user's process, alive
     return started is None or _process_start(pid) in (None, started)
 
+OWNER_STALE_S = 600  # seconds: an owner file of another machine not refreshed for this long was left by a killed holder
+
 def lock_holder(fold_dir) -> str | None:
     "Who trains the fold now (`pid 123 on host since 2024-01-01 12:00:00`), or None; it never takes the lock and never fails."
-    try: owner = json.loads(_owner_file(fold_dir).read_text())
+    try: owner, age = json.loads(_owner_file(fold_dir).read_text()), time.time() - _owner_file(fold_dir).stat().st_mtime
     except (OSError, ValueError): return None  # no holder, or one that has not written its name yet
     if not (isinstance(owner, dict) and isinstance(owner.get('pid'), int) and owner['pid'] > 0): return None  # not fold_lock's file
-    if owner.get('host') == socket.gethostname() and not _alive(owner['pid'], owner.get('started')): return None  # killed holder
+    if owner.get('host') == socket.gethostname():
+        if not _alive(owner['pid'], owner.get('started')): return None  # killed holder
+    elif age > OWNER_STALE_S: return None  # another machine's holder that stopped refreshing its file: killed, or its machine down
     return f"pid {owner['pid']} on {owner.get('host')} since {owner.get('since')}"
 
 @contextlib.contextmanager
@@ -151,11 +156,17 @@ def fold_lock(fold_dir):
     except Timeout:
         raise FoldBusy(f'{fold_dir} is being trained by {lock_holder(fold_dir) or "another process"}: wait for it to finish, '
                        f'or stop that process') from None
+    released = threading.Event()
+    def refresh():  # keeps the owner file fresh: a probe on another machine cannot see this process, only the file's age
+        while not released.wait(OWNER_STALE_S / 10):
+            with contextlib.suppress(OSError): os.utime(_owner_file(fold_dir))
     try:
         owner = dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'), started=_process_start(os.getpid()))
         write_atomic(_owner_file(fold_dir), json.dumps(owner))
+        threading.Thread(target=refresh, daemon=True).start()
         yield
     finally:
+        released.set()
         _owner_file(fold_dir).unlink(missing_ok=True)  # before the lock goes: a probe never names a holder that has left
         lock.release()
 
@@ -237,7 +248,8 @@ def skipped_ids(run_dir, split: str, folds: list[int]) -> list[int]:
     files = [Path(run_dir) / f'fold{k}' / BAD_ROWS_FILE.format(split=split) for k in folds]
     return sorted({int(i) for f in files if f.is_file() for i in pd.to_numeric(pd.read_csv(f)['id'], errors='coerce').dropna()})
 
-RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir')
+# where and how fast a fold runs, not what it learns; the data's folder too (a copy elsewhere, another machine's mount: `folds.csv` checks the movies are the same)
+RESUMABLE = ('device', 'amp', 'amp_dtype', 'compile', 'threads', 'num_workers', 'overwrite', 'runs_dir', 'reports_dir', 'data_dir')
 
 def same_setting(name: str, was, now) -> bool:
     "Whether two values of setting `name` are the same; folders (`*_dir`) are the same however written (papermill's `data`, the command line's absolute path)."

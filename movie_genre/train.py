@@ -262,8 +262,8 @@ def with_run_settings(params: dict) -> dict:
     "The driver's `params` (what the user gave) over the settings that change what is learnt recorded by the run's folds (`run_config`)."
     recorded = run_config(TrainConfig.from_dict({**params, 'fold': 1}).fold_dir.parent)
     if recorded is None: return dict(params)
-    known = TrainConfig.parameters()
-    return {**{n: v for n, v in recorded[1].items() if n in known and n not in RESUMABLE + ('fold',)}, **params}
+    inherited = [n for n in TrainConfig.parameters() if n not in RESUMABLE + ('fold',)] + ['data_dir']  # where the data is, unless -p says
+    return {**{n: v for n, v in recorded[1].items() if n in inherited}, **params}
 
 def check_fold(cfg: TrainConfig):
     "Refuse at once, without reading a poster, a fold that would fail or mix recipes: its data's CSV files, a refused resume, a new fold unlike the run's others."

@@ -230,6 +230,22 @@ def test_probing_a_fold_lock_never_takes_it_nor_fails(tmp_path):
     assert {a.split(' on ')[0] for a in answers if a} == {f'pid {holder.pid}'} and None in answers
 
 
+def test_a_killed_holder_on_another_machine_leaves_its_fold_free(tmp_path, monkeypatch):
+    "A holder on another machine sharing the folder (SIGKILLed by Slurm, its node gone) leaves fold.lock.owner behind: once unrefreshed, the probe stops naming it."
+    from movie_genre import runs
+    fold_dir = tmp_path / 'fold1'
+    fold_dir.mkdir()
+    owner = fold_dir / 'fold.lock.owner'
+    owner.write_text(json.dumps(dict(pid=1, host='elsewhere', since='2024-01-01 12:00:00')))
+    assert runs.lock_holder(fold_dir) == 'pid 1 on elsewhere since 2024-01-01 12:00:00'  # fresh: trusted
+    os.utime(owner, (time.time() - 86400, time.time() - 86400))
+    assert runs.lock_holder(fold_dir) is None  # a day without a sign of life: the driver trains the fold again
+    monkeypatch.setattr(runs, 'OWNER_STALE_S', 0.5)  # a live holder keeps its file fresh (every OWNER_STALE_S / 10)
+    with runs.fold_lock(fold_dir):
+        time.sleep(1)
+        assert time.time() - owner.stat().st_mtime < 0.5 and runs.lock_holder(fold_dir).startswith(f'pid {os.getpid()} ')
+
+
 def test_the_driver_refuses_bad_data_or_settings_before_a_fold_starts(demo, tmp_path, capsys):
     "A missing train.csv, a damaged last.pt, a new fold unlike the run's others: the fold fails at once, with no process and no log."
     from dataclasses import asdict
