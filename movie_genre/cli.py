@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _param_option(p, 'a training parameter')
     p.add_argument('--gpus', help='comma-separated GPU ids: one fold per GPU at a time')
     p.add_argument('--from-study', metavar='STUDY', help="the recipe of the best trial of a `movie-genre tune` study (-p values given here override it)")
-    p.add_argument('--storage', help='the study database of --from-study (default: sqlite:///runs/<study>.db)')
+    p.add_argument('--storage', help="the study database of --from-study (default: the SQLite file <study>.db in the project's runs/)")
     p = command('tune', "search recipes with Optuna: each trial trains one recipe on --folds into runs/<study>-t<n>/ and is scored by "
                 "their pooled, cross-fitted out-of-fold F1; the same command elsewhere, on the same --storage, joins the study",
                 epilog='the default search space is SEARCH_SPACE in nbs/04d_tune.ipynb (movie_genre/tune.py): lr, weight_decay, width, '
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                        '--space FILE changes ranges; the report lists the space a study used')
     p.add_argument('--study', required=True, help='the study name; its trials train into runs/<study>-t<n>/')
     p.add_argument('--storage', help='SQLAlchemy URL of the study database shared by every worker, e.g. postgresql://user:pw@host/db '
-                   '(default: the SQLite file runs/<study>.db, for one machine)')
+                   "(default: the SQLite file <study>.db in the project's runs/, for one machine)")
     p.add_argument('--n-trials', type=int, help='trials for this worker (each --gpus worker runs as many); default: until --timeout or Ctrl-C')
     p.add_argument('--timeout', type=float, help='seconds after which this worker starts no new trial')
     p.add_argument('--folds', type=parse_folds, default='1-2', help='the folds each trial trains (two or more: the score is cross-fitted)')

@@ -86,6 +86,10 @@ class TrainConfig(ModelConfig):
             if getattr(self, name) not in allowed: raise ValueError(f'{name} must be one of {allowed}, not {getattr(self, name)!r}')
         if not 1 <= self.fold <= self.folds: raise ValueError(f'fold must be in 1..{self.folds}, not {self.fold}')
         if self.epochs < 1 or self.batch_size < 1: raise ValueError('epochs and batch_size must be positive')
+        for name in ('lr', 'weight_decay', 'warmup_epochs', 'label_smoothing', 'mixup', 'ema'):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < (1e-12 if name == 'lr' else 0):
+                raise ValueError(f'{name} must be a finite number ' + ('above 0' if name == 'lr' else '0 or more') + f', not {getattr(self, name)!r}')
+        if self.label_smoothing >= 1 or self.ema >= 1: raise ValueError('label_smoothing and ema must be below 1')
         if self.patience < 0: raise ValueError(f'patience must be 0 (no early stopping) or more, not {self.patience}')
         if self.threads < 0: raise ValueError(f'threads must be 0 (every core) or more, not {self.threads}')
 

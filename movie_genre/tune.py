@@ -23,13 +23,13 @@ from .data import project_path
 from .processes import CHILDREN, STOP_SIGNALS, ChildProcesses, stopping_on_signals
 from .evaluate import cross_fitted_predictions, markdown_table
 from .metrics import f1_scores
-from .runs import CONFIG_FILE, fold_list, load_run, run_path, write_atomic
-from .train import RESUMABLE, TrainConfig, config_changes, describe_changes, train_fold
+from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, write_atomic
+from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
-__all__ = ['SEARCH_SPACE', 'MACHINE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space',
-           'suggest', 'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'protocol',
-           'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'prepare', 'tune_worker',
+__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space', 'suggest',
+           'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'protocol', 'open_study',
+           'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'prepare', 'tune_worker',
            'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
            'write_report', 'tune_command']
 
@@ -48,9 +48,8 @@ SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {
     'title_encoder':   dict(choices=['pool', 'conv']),
     'fusion':          dict(choices=['concat', 'gmu']),
 }
-# settings of where and how a trial runs, not of its recipe: never searched, never part of the study's protocol
-MACHINE = (*RESUMABLE, 'data_dir')
-NOT_SEARCHABLE = (*MACHINE, 'fold', 'run_name', 'folds', 'fold_seed', 'metric', 'select', 'patience', 'seed', 'on_bad')
+# RESUMABLE settings say where and how a trial runs, not its recipe: never searched, never part of the study's protocol
+NOT_SEARCHABLE = (*RESUMABLE, 'fold', 'run_name', 'folds', 'fold_seed', 'metric', 'select', 'patience', 'seed', 'on_bad')
 
 def distribution(name: str, spec: dict) -> BaseDistribution:
     "The Optuna distribution of `spec` for parameter `name`: `{choices: [...]}`, or `{low, high}` with `log` or `step` (integers when both ends are)."
@@ -144,7 +143,7 @@ def open_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
 # %% ../nbs/04d_tune.ipynb #0000000e
 def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDistribution]) -> dict:
     "What makes two trials comparable: the folds, the metric, the recipe settings fixed with `-p`, and the search space."
-    return {'folds': folds, 'metric': metric, 'fixed': {k: v for k, v in sorted(fixed.items()) if k not in MACHINE},
+    return {'folds': folds, 'metric': metric, 'fixed': {k: v for k, v in sorted(fixed.items()) if k not in RESUMABLE},
             'space': {n: optuna.distributions.distribution_to_json(d) for n, d in sorted(space.items())}}
 
 def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
@@ -172,7 +171,7 @@ def trial_run_name(study: str, trial: optuna.Trial) -> str:
 
 def check_run_folder(configs: list[TrainConfig]):
     "Refuse a trial whose run folder holds folds of another recipe (an earlier study of the same name): `train_fold` would return their scores."
-    names = [n for n in TrainConfig.parameters() if n not in (*MACHINE, 'fold')]  # a retry on another machine reads the data elsewhere
+    names = [n for n in TrainConfig.parameters() if n not in (*RESUMABLE, 'fold')]  # a retry on another machine reads the data elsewhere
     for cfg in configs:
         if not (cfg.fold_dir / CONFIG_FILE).is_file(): continue
         changes = config_changes(json.loads((cfg.fold_dir / CONFIG_FILE).read_text()), cfg, names)
