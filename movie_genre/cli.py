@@ -21,9 +21,9 @@ from .processes import CHILDREN, ChildProcesses, Stopped, stopping_on_signals, s
 # pandas; each command imports what it uses.
 
 # %% auto #0
-__all__ = ['parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural', 'folds_to_train',
-           'train_folds', 'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed', 'run_notebook',
-           'check_runs', 'main', 'compare_command', 'evaluate_command', 'quickstart']
+__all__ = ['DRIVER_LOCK', 'parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural',
+           'folds_to_train', 'train_folds', 'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed',
+           'run_notebook', 'check_runs', 'main', 'compare_command', 'evaluate_command', 'quickstart']
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -143,6 +143,16 @@ def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
     if bad: raise ValueError(f'fold {fold_list(bad)} out of range: the run has folds 1 to {n}')
     return folds or list(range(1, n + 1))
 
+DRIVER_LOCK = 'driver.lock'  # in the fold's folder: held by the driver that runs the fold, from before its process starts to its end
+
+def _claim_fold(fold_dir: Path):
+    "The driver's claim on a fold (papermill takes seconds to reach the fold's own lock): the held lock, or None when another driver has it, here or on a machine sharing runs/."
+    from filelock import FileLock, Timeout
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    claim = FileLock(fold_dir / DRIVER_LOCK, timeout=0)
+    try: claim.acquire(); return claim
+    except Timeout: return None
+
 def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | None = None, children: ChildProcesses = CHILDREN):
     "Train `folds` with `params` through the papermill notebook (in parallel, one per GPU, when `gpus`); return the fold table."
     from movie_genre.runs import finished_folds, lock_holder, run_path
@@ -151,25 +161,30 @@ def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | 
     folds = folds_to_train(TrainConfig, params, folds)  # every fold of the run's split by default; checks every parameter
     cfg = TrainConfig.from_dict({**params, 'fold': 1})
     run_dir, status, errors, start = run_path(cfg.run_name, cfg.runs_dir), {}, {}, time.time()
-    for k in folds:
-        holder = lock_holder(run_dir / f'fold{k}')
-        if holder: status[k] = 'busy'; print(f'fold {k}: skipped: {holder} is training it', flush=True)
-        elif k in finished_folds(run_dir) and not cfg.overwrite:
-            status[k] = 'finished'; print(f'fold {k}: finished already (-p overwrite True trains it again)', flush=True)
+    def left_alone(fold) -> str | None:  # asked when the fold's turn comes: another driver (another machine) may have taken it since
+        holder = lock_holder(run_dir / f'fold{fold}')
+        if holder: print(f'fold {fold}: skipped: {holder} is training it', flush=True); return 'busy'
+        if fold in finished_folds(run_dir) and not cfg.overwrite:
+            print(f'fold {fold}: finished already (-p overwrite True trains it again)', flush=True); return 'finished'
     pending = queue.SimpleQueue()  # the worker threads take folds from it: no two can take the last one
-    for k in folds:
-        if k not in status: pending.put(k)
+    for k in folds: pending.put(k)
     def worker(slot):  # one per GPU (or one on the CPU), taking folds until none are left or the command is stopped
         while not children.stopping:
             try: fold = pending.get_nowait()
             except queue.Empty: return
-            print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
-            try: error = _run_fold(fold, params, slot, children)
-            except Stopped: error = None
-            except Exception as e: error = f'{type(e).__name__}: {e}'  # starting the fold failed (its log folder, say)
-            status[fold] = 'interrupted' if children.stopping else ('failed' if error else 'trained')
-            if error and not children.stopping: errors[fold] = error
-            print(f'fold {fold}: {status[fold]}' + (f': {error}' if fold in errors else ''), flush=True)
+            claim = _claim_fold(run_dir / f'fold{fold}')
+            if claim is None: status[fold] = 'busy'; print(f'fold {fold}: skipped: another driver is training it', flush=True); continue
+            try:
+                if why := left_alone(fold): status[fold] = why; continue
+                print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
+                try: error = _run_fold(fold, params, slot, children)
+                except Stopped: error = None
+                except Exception as e: error = f'{type(e).__name__}: {e}'  # starting the fold failed (its log folder, say)
+            finally: claim.release()
+            busy = error is not None and 'FoldBusy' in error  # a papermill started by hand locked it after `left_alone` asked
+            status[fold] = 'interrupted' if children.stopping else ('busy' if busy else 'failed' if error else 'trained')
+            if error and not busy and not children.stopping: errors[fold] = error
+            print(f'fold {fold}: {status[fold]}' + (f': {error}' if fold in errors else ': another process took it first' if busy else ''), flush=True)
     stopped = None
     with stopping_on_signals(children):
         threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in gpus or [None]]

@@ -230,3 +230,16 @@ def test_a_signal_to_the_driver_alone_stops_its_fold_at_once_and_the_fold_resume
     if signum == signal.SIGTERM:  # the same command resumes it (one resume is enough to show it)
         again = driver(*args, tmp_path=tmp_path)
         assert again.returncode == 0 and 'resuming fold 1 of sig at epoch' in again.stdout, again.stdout[-2000:]
+
+
+def test_two_drivers_on_one_run_split_its_folds(demo, tmp_path):
+    "Two `movie-genre train` started at once on one runs/ folder (two machines sharing it): each fold trains once, neither fails."
+    env = clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache'))
+    command = [BIN / 'movie-genre', 'train', '--run-name', 'shared', '--folds', '1-3', *map(str, tiny_params(demo, tmp_path))]
+    drivers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [d.communicate(timeout=600)[0] for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], '\n'.join(o[-2000:] for o in outputs)
+    for k in (1, 2, 3):
+        assert (tmp_path / 'runs' / 'shared' / f'fold{k}' / 'oof.csv').exists()
+        trained = sum(f'fold {k}: trained' in o for o in outputs)
+        assert trained == 1, f'fold {k} trained by {trained} drivers:\n' + '\n'.join(outputs)
