@@ -201,7 +201,7 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
         trial.report(float(np.mean(values)), step)
         if step < len(configs) and trial.should_prune():
             message = (f'trial {trial.number} of study {study} was pruned after {step} fold(s): its mean validation {metric} F1 '
-                       f'{np.mean(values):.4f} was below the median of earlier trials at that point; folds {fold_list(folds[step:])} were not trained')
+                       f'{np.mean(values):.4f} was below the median of earlier trials at that point; its other folds ({fold_list(folds[step:])}) were not trained')
             write_atomic(run_dir / PRUNED_FILE, message + '\n')
             raise optuna.TrialPruned(message)
     return pooled_score(run_name, configs[0].runs_dir, folds, metric)
@@ -299,12 +299,13 @@ def recipe_of_study(study: str, storage: str | None = None, runs_dir='runs') -> 
     return recipe
 
 # %% ../nbs/04d_tune.ipynb #00000017
-def _figure(plot, study: optuna.Study, path: Path) -> Path:
-    "Draw one of Optuna's matplotlib figures of `study` into `path`."
+def _figure(plot, study: optuna.Study, path: Path, ylabel: str | None = None) -> Path:
+    "Draw one of Optuna's matplotlib figures of `study` into `path` (its y axis named `ylabel`, Optuna's 'Objective Value' says little)."
     import matplotlib.pyplot as plt
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         ax = plot(study)
+    if ylabel: ax.set_ylabel(ylabel)
     fig = ax.figure
     fig.set_size_inches(8, 4.5); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
     return path
@@ -326,7 +327,7 @@ def write_report(study: optuna.Study, out_dir, storage: str) -> Path:
              f'(below) and evaluate that run for the number to report.', '']
     if len(table):
         lines += ['![optimization history](history.png)', '']
-        _figure(optuna_plots.plot_optimization_history, study, out_dir / 'history.png')
+        _figure(optuna_plots.plot_optimization_history, study, out_dir / 'history.png', f'pooled out-of-fold {metric} F1 (cross-fitted)')
     if complete >= 2:
         try:
             _figure(optuna_plots.plot_param_importances, study, out_dir / 'importances.png')
