@@ -80,13 +80,16 @@ def _papermill_command(notebook: Path, output: Path, params: dict) -> list:
     return [sys.executable, '-m', 'papermill', str(notebook), str(output), '--cwd', str(project_root()),
             '--log-output', '--no-progress-bar', '-y', yaml.safe_dump(params)]
 
+def _fold_refusal(fold: int, params: dict, retrained=()) -> str | None:
+    "Why `fold` cannot train (bad data, a refused resume, a fold unlike the run's others but the folds `retrained` with it), said before any process, log or folder; None when it can."
+    from movie_genre.train import TrainConfig, check_fold
+    try: check_fold(TrainConfig.from_dict({**params, 'fold': fold}), retrained)
+    except (FileNotFoundError, ValueError) as e: return f'{type(e).__name__}: {cli_words(str(e))}'
+
 def _run_fold(fold: int, params: dict, gpu: str | None, children: ChildProcesses = CHILDREN) -> str | None:
     "Run `04_train.ipynb` for `fold` in its own papermill process; the error (and its log), or None when it succeeded."
-    from movie_genre.train import TrainConfig, check_fold
-    cfg = TrainConfig.from_dict({**params, 'fold': fold})
-    try: check_fold(cfg)  # bad data, a refused resume, a fold unlike the run's others: said now, with no process or log
-    except (FileNotFoundError, ValueError) as e: return f'{type(e).__name__}: {cli_words(str(e))}'
-    notebook, log = _attempt_files(cfg.fold_dir)
+    from movie_genre.train import TrainConfig
+    notebook, log = _attempt_files(TrainConfig.from_dict({**params, 'fold': fold}).fold_dir)
     env = {**os.environ, **({'CUDA_VISIBLE_DEVICES': gpu} if gpu is not None else {})}
     env.pop('IN_TEST', None)  # nbdev's test flag would turn the fold into the notebook's tiny self-test
     code = stream_output(_papermill_command(notebook_path('04_train.ipynb'), notebook, {**params, 'fold': fold}), log, _fold_news, env, children)
@@ -168,19 +171,24 @@ def train_folds(params: dict, folds: list[int] | None = None, gpus: list[str] | 
             print(f'fold {fold}: finished already (-p overwrite True trains it again)', flush=True); return 'finished'
     pending = queue.SimpleQueue()  # the worker threads take folds from it: no two can take the last one
     for k in folds: pending.put(k)
+    def claimed_run(fold, slot) -> tuple[str | None, str | None]:
+        "Claim the fold, ask again whether another driver took or finished it, train it: (its status when left alone, the error)."
+        claim = _claim_fold(run_dir / f'fold{fold}')
+        if claim is None: print(f'fold {fold}: skipped: another driver is training it', flush=True); return 'busy', None
+        try:
+            if why := left_alone(fold): return why, None
+            print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
+            try: return None, _run_fold(fold, params, slot, children)
+            except Stopped: return None, None
+            except Exception as e: return None, f'{type(e).__name__}: {e}'  # starting the fold failed (its log folder, say)
+        finally: claim.release()
     def worker(slot):  # one per GPU (or one on the CPU), taking folds until none are left or the command is stopped
         while not children.stopping:
             try: fold = pending.get_nowait()
             except queue.Empty: return
-            claim = _claim_fold(run_dir / f'fold{fold}')
-            if claim is None: status[fold] = 'busy'; print(f'fold {fold}: skipped: another driver is training it', flush=True); continue
-            try:
-                if why := left_alone(fold): status[fold] = why; continue
-                print(f'fold {fold}: training{f" on GPU {slot}" if slot is not None else ""} ...', flush=True)
-                try: error = _run_fold(fold, params, slot, children)
-                except Stopped: error = None
-                except Exception as e: error = f'{type(e).__name__}: {e}'  # starting the fold failed (its log folder, say)
-            finally: claim.release()
+            error = _fold_refusal(fold, params, folds if cfg.overwrite else ())
+            left, error = (None, error) if error else claimed_run(fold, slot)
+            if left: status[fold] = left; continue
             busy = error is not None and 'FoldBusy' in error  # a papermill started by hand locked it after `left_alone` asked
             status[fold] = 'interrupted' if children.stopping else ('busy' if busy else 'failed' if error else 'trained')
             if error and not busy and not children.stopping: errors[fold] = error
@@ -274,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "their pooled, cross-fitted out-of-fold F1; the same command elsewhere, on the same --storage, joins the study",
                 epilog='the default search space is SEARCH_SPACE in nbs/04d_tune.ipynb (movie_genre/tune.py): lr, weight_decay, width, '
                        'depths, image_size, epochs, mixup, dropout, label_smoothing, loss, title_encoder, fusion; -p fixes a parameter, '
-                       '--space FILE changes ranges; the report lists the space a study used')
+                       '--space FILE changes ranges; the report lists the space and settings a study used')
     p.add_argument('--study', required=True, help='the study name; its trials train into runs/<study>-t<n>/')
     p.add_argument('--storage', help='SQLAlchemy URL of the study database shared by every worker, e.g. postgresql://user:pw@host/db '
                    "(default: the SQLite file <study>.db in the project's runs/, for one machine)")
@@ -289,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--heartbeat', type=int, default=60, help="seconds between a running trial's heartbeats; a trial silent for three is "
                    'failed and retried by the next worker (a killed worker, a lost machine)')
     p.add_argument('--seed', type=int, help="the sampler's seed")
-    p.add_argument('--report', action='store_true', help='only write the report of the study into reports/<study>/ (trials, history, importances, best recipe)')
+    p.add_argument('--report', action='store_true', help='only write the report of the study into reports/studies/<study>/ (trials, history, importances, protocol, best recipe)')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
                 epilog='evaluation parameters (-p NAME VALUE):\n' + parameter_help_of('EvaluateConfig'))
     p.add_argument('--run-name', required=True, help='the run to evaluate, or runs a,b,... (an ensemble: see -p weights, -p stack)')

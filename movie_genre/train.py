@@ -85,7 +85,8 @@ class TrainConfig(ModelConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed: raise ValueError(f'{name} must be one of {allowed}, not {getattr(self, name)!r}')
         if not 1 <= self.fold <= self.folds: raise ValueError(f'fold must be in 1..{self.folds}, not {self.fold}')
-        if self.epochs < 1 or self.batch_size < 1: raise ValueError('epochs and batch_size must be positive')
+        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 1: raise ValueError('epochs, batch_size and image_size must be positive')
+        if self.max_genres < 1: raise ValueError(f'max_genres must be 1 or more, not {self.max_genres}')
         for name in ('lr', 'weight_decay', 'warmup_epochs', 'label_smoothing', 'mixup', 'ema'):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < (1e-12 if name == 'lr' else 0):
                 raise ValueError(f'{name} must be a finite number ' + ('above 0' if name == 'lr' else '0 or more') + f', not {getattr(self, name)!r}')
@@ -255,11 +256,11 @@ def environment_history(previous: dict | None, stretch: dict) -> dict:
     return {**stretch, 'stretches': earlier + [stretch]}
 
 # %% ../nbs/03b_training.ipynb #e6d2b436
-def run_config(run_dir, but: int | None = None) -> tuple[int, dict] | None:
-    "The first fold of `run_dir` (other than fold `but`) that recorded a `config.json`, and that config; None when no fold has started."
+def run_config(run_dir, but=()) -> tuple[int, dict] | None:
+    "The first fold of `run_dir` (other than the folds `but`) that recorded a `config.json`, and that config; None when no fold has started."
     for k in fold_numbers(run_dir):
         config = Path(run_dir) / f'fold{k}' / CONFIG_FILE
-        if k != but and config.is_file(): return k, read_run_json(config)
+        if k not in but and config.is_file(): return k, read_run_json(config)
     return None
 
 def with_run_settings(params: dict) -> dict:
@@ -269,14 +270,14 @@ def with_run_settings(params: dict) -> dict:
     inherited = [n for n in TrainConfig.parameters() if n not in RESUMABLE + ('fold',)] + ['data_dir']  # where the data is, unless -p says
     return {**{n: v for n, v in recorded[1].items() if n in inherited}, **params}
 
-def check_fold(cfg: TrainConfig):
-    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: its data's CSV files, a refused resume, a new fold unlike the run's others."
+def check_fold(cfg: TrainConfig, retrained=()):
+    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: its data's CSV files, a refused resume, a new fold unlike the run's others (but the folds `retrained` with it)."
     if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
     split_csv(cfg.data_dir, 'train')
     if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
-    if cfg.overwrite: return  # trained afresh, by request
-    if (cfg.fold_dir / LAST_FILE).exists(): resume_state(cfg); return
-    recorded = run_config(cfg.fold_dir.parent, but=cfg.fold)
+    if cfg.overwrite and not retrained: return  # one fold trained afresh (papermill, Python): the report names folds that differ
+    if not cfg.overwrite and (cfg.fold_dir / LAST_FILE).exists(): resume_state(cfg); return
+    recorded = run_config(cfg.fold_dir.parent, but=(cfg.fold, *retrained))  # the driver retrains `retrained` together
     changes = config_changes(recorded[1], cfg) if recorded else {}
     if changes:
         raise ValueError(f'fold {cfg.fold} would join run {cfg.run_name} with other settings than its fold {recorded[0]} has: '

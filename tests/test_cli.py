@@ -136,6 +136,30 @@ def test_compare_and_runs(tmp_path):
     assert warned.returncode == 0 and 'another split' in (tmp_path / 'cmp2' / 'comparison.md').read_text()
     listed = cli('runs', '--runs-dir', 'runs', cwd=tmp_path, env=env)
     assert listed.returncode == 0 and all(n in listed.stdout for n in ('one', 'two', 'elsewhere', 'complete'))
+    # a comparison that fails in its notebook leaves the last good one as it was
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'cmp').iterdir()}
+    (tmp_path / 'runs' / 'two' / 'fold1' / 'oof.csv').write_text('id,Drama\n1,"unclosed\n')
+    failed = cli('compare', 'one', 'two', '--runs-dir', 'runs', '--out', 'cmp', cwd=tmp_path, env=env)
+    assert failed.returncode == 2 and 'damaged' in failed.stderr, failed.stderr[-2000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'cmp').iterdir()} == before
+    # an unknown run is one message in every command, naming the runs there (not the ensembles folder)
+    (tmp_path / 'runs' / 'ensembles').mkdir(exist_ok=True)
+    for command in (('evaluate', '--run-name', 'nope', '-p', 'runs_dir', 'runs'), ('submit', '--run-name', 'one,nope', '--runs-dir', 'runs'),
+                    ('predict', '--run-name', 'nope', '--runs-dir', 'runs', 'poster.jpg'), ('compare', 'one', 'nope', '--runs-dir', 'runs')):
+        r = cli(*command, cwd=tmp_path, env=env)
+        assert r.returncode == 2 and f"run 'nope' has no finished fold in {tmp_path / 'runs'} (no such run); the runs there: " in r.stderr, (command, r.stderr)
+        assert 'ensembles' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_quickstart_takes_training_parameters(monkeypatch):
+    "`movie-genre quickstart -p epochs 1` trains the demo run with them (the run name stays --run-name)."
+    import movie_genre.cli as cli_module
+    calls = []
+    monkeypatch.setattr(cli_module, 'quickstart', lambda *args, **kwargs: calls.append((args, kwargs)))
+    cli_module.main(['quickstart', '--run-name', 'q', '-p', 'epochs', '1', '-p', 'image_size', '32'])
+    assert calls == [(('q',), {'params': {'epochs': 1, 'image_size': 32}})]
+    with pytest.raises(SystemExit) as e: cli_module.main(['quickstart', '-p', 'run_name', 'x'])
+    assert e.value.code == 2
 
 
 def test_train_takes_the_runs_own_folds_and_refuses_p_fold(run, tmp_path):
@@ -196,6 +220,7 @@ def test_the_driver_threads_take_each_fold_once(monkeypatch, tmp_path):
         ran.append(fold)
         with contextlib.suppress(threading.BrokenBarrierError): together.wait(timeout=0.5)  # the first eight end together
     monkeypatch.setattr(cli_module, '_run_fold', fake_run_fold)
+    monkeypatch.setattr(cli_module, '_fold_refusal', lambda fold, params, retrained=(): None)  # no data here: the folds are fakes
     monkeypatch.setattr(threading, 'excepthook', lambda args: crashes.append(args.exc_value))
     def slow_is_set(event):  # widens the gap between "folds are left" and taking one, where a stop flag is read
         time.sleep(0.01)

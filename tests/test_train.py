@@ -267,3 +267,8 @@ def test_the_driver_refuses_bad_data_or_settings_before_a_fold_starts(demo, tmp_
     assert not any((runs / 'r' / f'fold{k}' / 'logs').exists() for k in (2, 3))
     with pytest.raises(ValueError, match=r'epochs 12 \(was 1\)'):  # papermill's way: the notebook's defaults, asked for directly
         train_fold(TrainConfig.from_dict({**vars(fold1), 'fold': 2, 'epochs': 12}))
+    # retraining one fold afresh with other settings would mix two recipes too; retraining every fold together may change them
+    table = train_folds({'run_name': 'r', 'runs_dir': str(runs), 'image_size': 48, 'overwrite': True}, [2])
+    assert table.loc[2, 'status'] == 'failed' and 'image_size 48 (was 32)' in capsys.readouterr().out
+    from movie_genre.train import check_fold
+    check_fold(TrainConfig.from_dict({**vars(fold1), 'fold': 2, 'image_size': 48, 'overwrite': True}), retrained=[1, 2, 3])
