@@ -16,7 +16,7 @@ where=(-p data_dir "$work/data" -p runs_dir "$work/runs" -p reports_dir "$work/r
 if [ "$what" = all ] || [ "$what" = study ]; then
   mg tune --study demo-study --n-trials 10 --folds 1-2 "${where[@]}" -p folds 3 -p epochs 3 -p image_size 32 --seed 0
   mg tune --study demo-study --report "${where[@]}"
-  cp "$work/reports/demo-study/history.png" reports/readme/study_history.png
+  cp "$work/reports/studies/demo-study/history.png" reports/readme/study_history.png
   echo "wrote reports/readme/study_history.png"
 fi
 [ "$what" = study ] && exit 0

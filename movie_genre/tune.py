@@ -4,6 +4,7 @@
 
 # %% ../nbs/04d_tune.ipynb #00000003
 from __future__ import annotations
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from .data import project_path
+from .data import project_path, read_csv, split_csv
 from .processes import CHILDREN, STOP_SIGNALS, ChildProcesses, stopping_on_signals
 from .evaluate import cross_fitted_predictions, markdown_table
 from .metrics import f1_scores
@@ -28,10 +29,10 @@ from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
 __all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space', 'suggest',
-           'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'protocol', 'open_study',
-           'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'prepare', 'tune_worker',
-           'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
-           'write_report', 'tune_command']
+           'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'data_fingerprint',
+           'protocol', 'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective',
+           'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals', 'start_workers', 'load_study',
+           'trials_table', 'best_recipe', 'recipe_of_study', 'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -135,15 +136,21 @@ def open_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
             raise ValueError(f'--storage {shown_url(url)} is not a database URL SQLAlchemy can open ({str(e).splitlines()[0]}): '
                              f'e.g. sqlite:///runs/study.db or postgresql://user:password@host/database') from None
         except sqlalchemy.exc.OperationalError as e:
-            if attempt == 2: raise RuntimeError(f'cannot open the study database {shown_url(url)}: {str(e).splitlines()[0]}') from None
+            if attempt == 2: raise ConnectionError(f'cannot open the study database {shown_url(url)}: {str(e).splitlines()[0]}') from None
         except sqlalchemy.exc.SQLAlchemyError:
             if attempt == 2: raise
         time.sleep(1 + attempt)
 
 # %% ../nbs/04d_tune.ipynb #0000000e
-def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDistribution]) -> dict:
-    "What makes two trials comparable: the folds, the metric, the recipe settings fixed with `-p`, and the search space."
-    return {'folds': folds, 'metric': metric, 'fixed': {k: v for k, v in sorted(fixed.items()) if k not in RESUMABLE},
+def data_fingerprint(data_dir='data') -> str:
+    "A digest of the movies of `data_dir`'s train.csv (ids and genres): the same data read from another folder or machine agrees, other data does not."
+    table = read_csv(split_csv(data_dir, 'train'), usecols=['id', 'genres'])
+    return hashlib.sha256(table.sort_values('id').to_csv(index=False).encode()).hexdigest()[:16]
+
+def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDistribution], data: str = '') -> dict:
+    "What makes two trials comparable: the data's movies (`data_fingerprint`), the folds, the metric, the recipe settings fixed with `-p`, and the search space."
+    return {'data': data, 'folds': folds, 'metric': metric,
+            'fixed': {k: v for k, v in sorted(fixed.items()) if k not in RESUMABLE},
             'space': {n: optuna.distributions.distribution_to_json(d) for n, d in sorted(space.items())}}
 
 def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
@@ -158,7 +165,7 @@ def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, se
     if recorded is None: study.set_user_attr('protocol', protocol_); return study
     differences = [f'{k}: the study has {recorded.get(k)!r}, this worker {v!r}' for k, v in protocol_.items() if recorded.get(k) != v]
     if differences: raise ValueError(f'study {name!r} was started with another protocol ({"; ".join(differences)}): join it with the '
-                                     f'same --folds, --metric, -p and --space, or start a new --study')
+                                     f'same data, --folds, --metric, -p and --space, or start a new --study')
     return study
 
 # %% ../nbs/04d_tune.ipynb #00000011
@@ -207,10 +214,17 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
     return pooled_score(run_name, configs[0].runs_dir, folds, metric)
 
 # %% ../nbs/04d_tune.ipynb #00000013
+def fixed_settings(fixed: dict | None, metric: str = 'macro') -> dict:
+    "What every trial of the study shares: the user's `-p` settings, and `metric` (its trials tune their thresholds for it, its best recipe keeps it)."
+    fixed = dict(fixed or {})
+    if fixed.setdefault('metric', metric) != metric:
+        raise ValueError(f'-p metric {fixed["metric"]} and --metric {metric} differ: the study scores, prunes and tunes thresholds for --metric alone')
+    return fixed
+
 def prepare(study: str, storage: str | None = None, folds=(1, 2), metric: str = 'macro', fixed: dict | None = None, space_file=None,
             heartbeat: int = 60, seed: int | None = None) -> tuple[optuna.Study, dict]:
     "The study, opened or created with this protocol, and its search space; every setting is checked before any trial starts."
-    fixed, folds = dict(fixed or {}), sorted(folds)
+    fixed, folds = fixed_settings(fixed, metric), sorted(folds)
     if len(folds) < 2: raise ValueError(f'--folds {fold_list(folds)}: a trial needs two folds or more, because its score decodes each fold '
                                         f'with thresholds tuned on the others (cross-fitted); e.g. --folds 1-2')
     if metric not in ('macro', 'micro'): raise ValueError(f'--metric must be macro or micro, not {metric!r}')
@@ -220,7 +234,7 @@ def prepare(study: str, storage: str | None = None, folds=(1, 2), metric: str = 
     space = search_space(space_file, fixed)
     check_space(space, fixed, folds[0])
     runs_dir = project_path(fixed.get('runs_dir', 'runs'))
-    opened = open_study(study, storage or default_storage(study, runs_dir), protocol(folds, metric, fixed, space), heartbeat, seed)
+    opened = open_study(study, storage or default_storage(study, runs_dir), protocol(folds, metric, fixed, space, data_fingerprint(fixed.get('data_dir', 'data'))), heartbeat, seed)
     earlier = sorted(p.name for p in runs_dir.glob(f'{study}-t*') if re.fullmatch(rf'{re.escape(study)}-t\d+', p.name))
     if earlier and not opened.get_trials(deepcopy=False):  # its trials would be scored with the folds those folders hold
         raise ValueError(f'study {study!r} has no trials, but {runs_dir} holds the run folders of an earlier study of that name '
@@ -230,10 +244,11 @@ def prepare(study: str, storage: str | None = None, folds=(1, 2), metric: str = 
 def tune_worker(study: str, storage: str | None = None, n_trials: int | None = None, timeout: float | None = None, folds=(1, 2),
                 metric: str = 'macro', fixed: dict | None = None, space_file=None, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
     "Run trials of `study` in this process until `n_trials` are done or `timeout` s have passed; an interrupted trial is queued again."
+    fixed = fixed_settings(fixed, metric)
     opened, space = prepare(study, storage, folds, metric, fixed, space_file, heartbeat, seed)
     interrupted = []
     def run_trial(trial):
-        try: return objective(trial, study, space, dict(fixed or {}), sorted(folds), metric)
+        try: return objective(trial, study, space, fixed, sorted(folds), metric)
         except optuna.TrialPruned: raise
         except KeyboardInterrupt: interrupted.append(trial.number); raise
         except Exception as e: trial.set_user_attr('error', f'{type(e).__name__}: {e}'); raise
@@ -251,8 +266,9 @@ def interrupt_on_stop_signals():
 
 def start_workers(gpus: list[str], worker: dict, children: ChildProcesses = CHILDREN) -> list[int]:
     "One `tune_worker(**worker)` process per GPU (it sees only its own, `CUDA_VISIBLE_DEVICES`), as `children`; their exit codes. A signal to this process stops them all (`03d_processes`)."
-    procs = [children.start([sys.executable, '-m', 'movie_genre.tune', json.dumps(worker)], env={**os.environ, 'CUDA_VISIBLE_DEVICES': g})
-             for g in gpus]
+    seeds = [None if worker.get('seed') is None else worker['seed'] + i for i in range(len(gpus))]  # one seed would draw one recipe twice
+    procs = [children.start([sys.executable, '-m', 'movie_genre.tune', json.dumps({**worker, 'seed': s})], env={**os.environ, 'CUDA_VISIBLE_DEVICES': g})
+             for g, s in zip(gpus, seeds)]
     try: return [p.wait() for p in procs]
     finally:
         for p in procs: children.ended(p)
@@ -299,6 +315,12 @@ def recipe_of_study(study: str, storage: str | None = None, runs_dir='runs') -> 
     return recipe
 
 # %% ../nbs/04d_tune.ipynb #00000017
+def _shown_range(spec: str) -> str:
+    "A distribution of the study's protocol (Optuna's JSON) as text: `[0.001, 0.01] log` or `{24, 32, 48}`."
+    d = optuna.distributions.json_to_distribution(spec)
+    if isinstance(d, CategoricalDistribution): return '{' + ', '.join(map(str, d.choices)) + '}'
+    return f'[{d.low}, {d.high}]' + (' log' if d.log else '') + (f' step {d.step}' if d.step else '')
+
 def _figure(plot, study: optuna.Study, path: Path, ylabel: str | None = None) -> Path:
     "Draw one of Optuna's matplotlib figures of `study` into `path` (its y axis named `ylabel`, Optuna's 'Objective Value' says little)."
     import matplotlib.pyplot as plt
@@ -324,7 +346,11 @@ def write_report(study: optuna.Study, out_dir, storage: str) -> Path:
              f'Each trial trains one recipe on folds {fold_list(folds)} (a run folder `runs/{name}-t<trial>/` each) and is scored by the '
              f'pooled out-of-fold {metric} F1 of those folds, each decoded with thresholds tuned on the others (cross-fitted). '
              f'**This {len(folds)}-fold protocol ranks recipes; it is not the 8-fold estimate**: train the best recipe on every fold '
-             f'(below) and evaluate that run for the number to report.', '']
+             f'(below) and evaluate that run for the number to report. Folds {fold_list(folds)} chose the recipe, so their '
+             f'out-of-fold scores in that run lean optimistic; the other folds\' do not.', '',
+             '## Protocol', '', f'Folds {fold_list(folds)}, metric {metric}, data `{spec.get("data", "?")}` (a digest of train.csv\'s movies).', '',
+             'Settings fixed for every trial: ' + (', '.join(f'`{k} {v}`' for k, v in spec.get('fixed', {}).items()) or 'none') + '.', '',
+             'Search space: ' + ', '.join(f'`{n}` {_shown_range(d)}' for n, d in spec.get('space', {}).items()) + '.', '']
     if len(table):
         lines += ['![optimization history](history.png)', '']
         _figure(optuna_plots.plot_optimization_history, study, out_dir / 'history.png', f'pooled out-of-fold {metric} F1 (cross-fitted)')
@@ -342,7 +368,8 @@ def write_report(study: optuna.Study, out_dir, storage: str) -> Path:
                   f'movie-genre train --from-study {name}{storage_option} --run-name {name}-best --folds 1-8',
                   f'movie-genre evaluate --run-name {name}-best', '```', '']
     shown = table.drop(columns=[c for c in ('error',) if c in table and not table[c].astype(bool).any()])
-    lines += ['## Trials', '', markdown_table(shown.sort_values('score', ascending=False)) if len(shown) else 'none yet', '']
+    lines += ['## Trials', '', f'`score`: the pooled, cross-fitted {metric} F1 the study maximises; `fold<k>`: that fold\'s own validation '
+              f'F1 with thresholds tuned on it (what the pruner compares, optimistic).', '', markdown_table(shown.sort_values('score', ascending=False)) if len(shown) else 'none yet', '']
     return write_atomic(out_dir / 'report.md', '\n'.join(lines))
 
 # %% ../nbs/04d_tune.ipynb #0000001a
@@ -352,7 +379,7 @@ def tune_command(study: str, storage: str | None = None, n_trials: int | None = 
     "`movie-genre tune`: this process joins the study as a worker (or starts one per GPU), then says where the study stands; `report` writes the report only."
     fixed = dict(fixed or {})
     storage = storage or default_storage(study, fixed.get('runs_dir', 'runs'))
-    out_dir = project_path(fixed.get('reports_dir', 'reports')) / study
+    out_dir = project_path(fixed.get('reports_dir', 'reports')) / 'studies' / study  # apart from the runs' reports: a study may share a run's name
     if report:
         print(f'report: {write_report(load_study(study, storage), out_dir, storage)}')
         return
@@ -362,7 +389,7 @@ def tune_command(study: str, storage: str | None = None, n_trials: int | None = 
         if gpus:
             prepare(**{k: v for k, v in worker.items() if k not in ('n_trials', 'timeout')})  # create the study once, check everything, before the workers start
             failed = [g for g, code in zip(gpus, start_workers(gpus, worker)) if code]
-            if failed: raise RuntimeError(f'the worker(s) on GPU {", ".join(failed)} failed (their errors are above)')
+            if failed: raise ChildProcessError(f'the worker(s) on GPU {", ".join(failed)} failed (their errors are above)')
         else: tune_worker(**worker)
     table = trials_table(load_study(study, storage))
     print(f'\nstudy {study}: ' + (', '.join(f'{n} {s.lower()}' for s, n in table['state'].value_counts().items()) if len(table) else 'no trials yet'))

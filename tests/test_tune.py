@@ -99,9 +99,9 @@ def test_two_workers_share_one_study(demo, tmp_path, database, request):
     for t in trials: assert finished_folds(tmp / 'runs' / f'two-t{t.number}') == [1, 2]
     code, out = tune(tmp, demo, '--study', 'two', '--storage', storage, '--report')
     assert code == 0, out
-    report = (tmp / 'reports' / 'two' / 'report.md').read_text()
-    assert 'not the 8-fold estimate' in report and (tmp / 'reports' / 'two' / 'history.png').is_file()
-    assert (tmp / 'reports' / 'two' / 'importances.png').is_file() and len((tmp / 'reports' / 'two' / 'trials.csv').read_text().splitlines()) == 3
+    report = (tmp / 'reports' / 'studies' / 'two' / 'report.md').read_text()
+    assert 'not the 8-fold estimate' in report and (tmp / 'reports' / 'studies' / 'two' / 'history.png').is_file()
+    assert (tmp / 'reports' / 'studies' / 'two' / 'importances.png').is_file() and len((tmp / 'reports' / 'studies' / 'two' / 'trials.csv').read_text().splitlines()) == 3
     if database == 'postgresql': return
     best = load_study('two', storage).best_trial
     env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'}
@@ -158,8 +158,11 @@ def test_a_bad_recipe_fails_its_trial_before_training_and_the_study_goes_on(demo
 def test_a_worker_with_another_protocol_is_refused(demo, tmp_path):
     fixed = dict(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), epochs=1)
     prepare('p', fixed=fixed)
-    with pytest.raises(ValueError, match=r"fixed: the study has \{'epochs': 1\}, this worker \{'epochs': 2\}"):
+    with pytest.raises(ValueError, match=r"fixed: the study has \{'epochs': 1, 'metric': 'macro'\}, this worker \{'epochs': 2, 'metric': 'macro'\}"):
         prepare('p', fixed={**fixed, 'epochs': 2})
+    other = Path(shutil.copytree(demo, tmp_path / 'other-data'))  # other labels: scores not comparable with the study's
+    (other / 'train.csv').write_text((other / 'train.csv').read_text().replace('Drama', 'Comedy', 1))
+    with pytest.raises(ValueError, match=r'data: the study has'): prepare('p', fixed={**fixed, 'data_dir': str(other)})
     with pytest.raises(ValueError, match='two folds or more'): prepare('p', folds=[1], fixed=fixed)
     with pytest.raises(ValueError, match=r'fold must be in 1\.\.3'): prepare('p', folds=[1, 4], fixed={**fixed, 'folds': 3})
 
@@ -183,3 +186,11 @@ def test_sigterm_to_a_gpus_parent_alone_stops_its_workers_and_queues_their_trial
     assert not alive, f'workers left running: {alive}'
     states = [t.state.name for t in load_study('g', f'sqlite:///{tmp}/runs/g.db').get_trials()]
     assert 'RUNNING' not in states and 'WAITING' in states, states  # interrupted trials are queued again for the next worker
+
+
+def test_an_unreachable_database_is_the_users_error_in_one_line(capsys):
+    "A study database that cannot be reached (no server, a wrong port or password) is said in one line, not as a bug's traceback."
+    from movie_genre.cli import main
+    with pytest.raises(SystemExit) as e: main(['tune', '--study', 'x', '--storage', 'postgresql://me@127.0.0.1:1/none', '--report'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'cannot open the study database postgresql://me@127.0.0.1:1/none' in err and 'Traceback' not in err, err
