@@ -244,7 +244,8 @@ def tta_comparison(run: RunResult, metric: str = 'macro', device: str = 'auto', 
     from movie_genre.data import load_split, make_loader
     from movie_genre.device import Runtime, predict_probs
     from movie_genre.model import build_model
-    from movie_genre.train import TrainConfig, fold_datasets, load_checkpoint
+    from movie_genre.checkpoints import load_checkpoint
+    from movie_genre.train import TrainConfig, fold_datasets
     configs = {k: TrainConfig.from_dict({**json.loads((run.run_dir / f'fold{k}' / CONFIG_FILE).read_text()), 'device': device})
                for k in run.finished}
     first = configs[run.finished[0]]

@@ -49,7 +49,8 @@ def gradcam(model: GenreNet, batch: dict, genres, runtime: Runtime | None = None
 # %% ../nbs/04c_explain.ipynb #7c9a6efb
 def fold_model(run_dir: Path, fold: int, runtime: Runtime) -> tuple[GenreNet, dict]:
     "The network of a finished fold (its `model.pt`), on `runtime`, and its checkpoint."
-    from movie_genre.train import load_checkpoint, TrainConfig
+    from movie_genre.checkpoints import load_checkpoint
+    from movie_genre.train import TrainConfig
     state = load_checkpoint(Path(run_dir) / f'fold{fold}' / MODEL_FILE, runtime.device)
     if 'weights' not in state: raise ValueError(f'{run_dir.name} is not a network run: there is no poster network to explain')
     cfg = TrainConfig.from_dict({**state['config'], 'device': str(runtime.device)})

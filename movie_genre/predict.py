@@ -25,7 +25,8 @@ from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, fold_list, run_th
 from .metrics import decode
 from .model import build_model
 from .device import Runtime, predict_probs
-from .train import TrainConfig, load_checkpoint
+from .checkpoints import load_checkpoint
+from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'WordVectors', 'read_word_vectors', 'as_word_vectors', 'encode_title', 'Predictor', 'TfidfPredictor',

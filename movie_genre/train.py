@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import socket
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
                               project_path, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
@@ -31,9 +30,9 @@ from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FIL
 
 # %% auto #0
 __all__ = ['FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'restore_scaler', 'probs_frame', 'train_step',
-           'fold_datasets', 'Progress', 'config_changes', 'describe_changes', 'resume_state', 'environment_history',
-           'run_config', 'with_run_settings', 'check_fold', 'train_fold']
+           'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets', 'Progress', 'config_changes',
+           'describe_changes', 'resume_state', 'environment_history', 'run_config', 'with_run_settings', 'check_fold',
+           'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -143,27 +142,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     groups = [{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
     if cfg.optimizer == 'adam': return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-# %% ../nbs/03b_training.ipynb #d0efe561
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be used: damaged, or holding pickled Python objects."
-
-def save_checkpoint(path, **state):
-    "Write `state` to `path` atomically (temporary file, then rename)."
-    path = Path(path); tmp = path.with_suffix('.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-def load_checkpoint(path, device='cpu') -> dict:
-    "A checkpoint's state; `CheckpointError` for a damaged file or one that holds pickled Python objects."
-    if not zipfile.is_zipfile(path): raise CheckpointError(f'{path} is damaged (not the zip file torch writes): a full disk or an incomplete copy?')
-    try: return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f'{path} holds pickled Python objects, which could run code when loaded; '
-                              f'refusing it (only weights and plain values are allowed)') from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f'{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no detail"}): '
-                              f'a full disk or an incomplete copy?') from e
 
 # %% ../nbs/03b_training.ipynb #d6253c42
 def restore_scaler(scaler: torch.amp.GradScaler, saved: dict | None):

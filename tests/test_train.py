@@ -13,7 +13,8 @@ import torch
 
 from movie_genre.data import load_split
 from movie_genre.demo import make_demo
-from movie_genre.train import CheckpointError, TrainConfig, fold_datasets, load_checkpoint, train_fold, make_loader
+from movie_genre.checkpoints import CheckpointError, load_checkpoint
+from movie_genre.train import TrainConfig, fold_datasets, train_fold, make_loader
 from movie_genre.runs import FoldBusy
 from movie_genre.runs import load_or_make_folds
 
