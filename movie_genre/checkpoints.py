@@ -4,15 +4,21 @@
 
 # %% ../nbs/02b_checkpoints.ipynb #3c496f82
 from __future__ import annotations
+import hashlib
 import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from .data import project_path
+from .model import parse_depths, poster_encoder
 
 # %% auto #0
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['BACKBONE_FILE', 'PRETRAIN_FILE', 'BACKBONE_SETTINGS', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
+           'is_pretraining', 'file_digest', 'save_backbone', 'backbone_path', 'check_backbone', 'load_backbone']
 
 # %% ../nbs/02b_checkpoints.ipynb #d0efe561
 class CheckpointError(ValueError):
@@ -34,3 +40,52 @@ def load_checkpoint(path, device='cpu') -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f'{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no detail"}): '
                               f'a full disk or an incomplete copy?') from e
+
+# %% ../nbs/02b_checkpoints.ipynb #19d60409
+BACKBONE_FILE = 'backbone.pt'    # a pretraining's poster network, in <runs_dir>/<name>/
+PRETRAIN_FILE = 'pretrain.json'  # a pretraining's config: the folder is a pretraining, not a training run
+BACKBONE_SETTINGS = ('arch', 'width', 'depths')  # what a run's poster network must share with its backbone
+
+def is_pretraining(folder) -> bool: return (Path(folder) / PRETRAIN_FILE).is_file()
+
+def file_digest(path) -> str:
+    "The sha256 of a file's bytes: which content a checkpoint was, whatever its name or folder."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def save_backbone(path, encoder: nn.Module, config: dict, posters_digest: str, posters: int):
+    "Write the poster network `encoder`, the pretraining's `config` and the digest and count of its posters to `path`."
+    save_checkpoint(path, encoder=encoder.state_dict(), config=dict(config), posters_digest=posters_digest, posters=int(posters))
+
+def backbone_path(init: str, runs_dir='runs') -> Path: return project_path(runs_dir) / init / BACKBONE_FILE
+
+def check_backbone(cfg) -> dict | None:
+    "The backbone that `cfg.init` names, checked against `cfg` (a training config): None for `init=''`; otherwise a clear error saying what to do."
+    if not cfg.init: return None
+    path, name = backbone_path(cfg.init, cfg.runs_dir), f'init {cfg.init!r}'
+    if cfg.fusion == 'title': raise ValueError(f"{name}: fusion='title' has no poster network to start from a backbone; leave init at ''")
+    if not path.is_file():
+        folder = 'a pretraining that has not finished' if is_pretraining(path.parent) else 'no pretraining'
+        raise FileNotFoundError(f'{name}: no {path} ({folder} of that name in {path.parent.parent}): make it with '
+                                f'`movie-genre pretrain --name {cfg.init}` (with this run\'s arch, width and depths), or leave init at \'\' for random weights')
+    state = load_checkpoint(path)
+    made = state['config']
+    names = ('arch',) if cfg.arch == 'seed' or made.get('arch') == 'seed' else BACKBONE_SETTINGS
+    same = lambda n, a, b: parse_depths(a) == parse_depths(b) if n == 'depths' else a == b  # '1, 1' is '1,1'
+    differ = [f'{n} {made.get(n)!r} (the run has {getattr(cfg, n)!r})' for n in names if not same(n, made.get(n), getattr(cfg, n))]
+    if differ:
+        raise ValueError(f'{name}: the backbone in {path} does not fit this run\'s poster network: it has {", ".join(differ)}. '
+                         f'Train with -p ' + ' -p '.join(f'{n} {made.get(n)}' for n in names) + f', or pretrain another backbone '
+                         f'with the run\'s settings (movie-genre pretrain --name NEW ' + ' '.join(f'-p {n} {getattr(cfg, n)}' for n in names) + ')')
+    return {**state, 'path': str(path)}
+
+def load_backbone(model: nn.Module, cfg) -> dict | None:
+    "Put the backbone `cfg.init` names into `model.image_encoder` (checked by `check_backbone`); what the run records of it (None without `init`)."
+    state = check_backbone(cfg)
+    if state is None: return None
+    model.image_encoder.load_state_dict(state['encoder'])
+    made = state['config']
+    return dict(name=cfg.init, sha256=file_digest(state['path']), posters_digest=state['posters_digest'], posters=state['posters'],
+                **{n: made.get(n) for n in ('method', 'epochs', 'image_size', 'aspect')})

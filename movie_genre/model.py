@@ -16,7 +16,7 @@ from .config import FlatConfig
 __all__ = ['ARCHS', 'FUSIONS', 'TITLE_ENCODERS', 'TITLE_INPUTS', 'SEED_SETTINGS', 'RESNET_ONLY', 'IMAGENET_MEAN', 'IMAGENET_STD',
            'YEAR_CENTRE', 'YEAR_SCALE', 'parse_depths', 'ModelConfig', 'NormalizePosters', 'SeedCNN', 'BasicBlock',
            'ResNetD', 'token_mask', 'masked_mean_max', 'FlattenTitle', 'PooledTitle', 'ConvTitle', 'TextTitle',
-           'YearEncoder', 'ConcatFusion', 'GatedFusion', 'classifier_head', 'GenreNet', 'build_model']
+           'YearEncoder', 'ConcatFusion', 'GatedFusion', 'classifier_head', 'GenreNet', 'poster_encoder', 'build_model']
 
 # %% ../nbs/02_model.ipynb #946d5aeb
 ARCHS = ('seed', 'resnet')
@@ -292,12 +292,17 @@ def _title_encoder(cfg: ModelConfig, title_len: int, title_dim: int) -> nn.Modul
     encoder = PooledTitle if cfg.title_encoder == 'pool' else ConvTitle
     return encoder(title_dim, cfg.hidden, cfg.title_dropout)
 
+def poster_encoder(arch: str = 'resnet', width: int = 32, depths: str = '1,1,1,1') -> nn.Module:
+    "The poster network of `arch` ('seed' ignores `width` and `depths`): what `GenreNet.image_encoder` is, and what pretraining trains."
+    if arch not in ARCHS: raise ValueError(f'arch must be one of {ARCHS}, not {arch!r}')
+    return SeedCNN() if arch == 'seed' else ResNetD(width, parse_depths(depths))
+
 def build_model(cfg: ModelConfig, n_genres: int, title_len: int, title_dim: int) -> GenreNet:
     "The network `cfg` describes, with `n_genres` outputs, for title arrays of shape `(title_len, title_dim)`."
     for name, value in (('n_genres', n_genres), ('title_len', title_len), ('title_dim', title_dim)):
         if value < 1: raise ValueError(f'{name} must be at least 1, not {value}')
     image = None
-    if cfg.fusion != 'title': image = SeedCNN() if cfg.arch == 'seed' else ResNetD(cfg.width, cfg.stage_depths)
+    if cfg.fusion != 'title': image = poster_encoder(cfg.arch, cfg.width, cfg.depths)
     title = _title_encoder(cfg, title_len, title_dim) if cfg.fusion != 'image' and cfg.title_input != 'text' else None
     text = TextTitle(cfg.text_buckets, cfg.text_dim, cfg.hidden, cfg.title_dropout, cfg.text_dropout) if cfg.uses_title_text else None
     year = YearEncoder() if cfg.use_year else None
