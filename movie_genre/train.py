@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, PRETRAIN_FILE, check_backbone, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
                               project_path, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
@@ -32,7 +32,7 @@ from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FIL
 __all__ = ['FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
            'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets', 'Progress', 'config_changes',
            'describe_changes', 'resume_state', 'environment_history', 'run_config', 'with_run_settings', 'check_fold',
-           'train_fold']
+           'initial_model', 'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -73,6 +73,7 @@ class TrainConfig(ModelConfig):
     threads: int = 0              # CPU threads for torch; 0: $OMP_NUM_THREADS when set, else every core this process may use
     num_workers: int = -1         # loader processes; -1: none on CPU, up to 8 on CUDA
     seed: int = 0
+    init: str = ''                # a pretraining under runs_dir whose backbone.pt starts the poster network (movie-genre pretrain); '': random
     on_bad: str = 'raise'         # bad data rows: 'raise' or 'skip'
     overwrite: bool = False       # retrain a finished fold
 
@@ -184,8 +185,9 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
 # %% ../nbs/03b_training.ipynb #a9e0f002
 class Progress:
     "Prints `fold 1 epoch 3/12  batch 120/188  812 img/s  ETA 0:42` every `every` seconds of an epoch (default: `MOVIE_GENRE_PROGRESS_SECONDS`, else 10)."
-    def __init__(self, fold: int, epoch: int, epochs: int, batches: int, every: float | None = None):
+    def __init__(self, fold: int, epoch: int, epochs: int, batches: int, every: float | None = None, name: str | None = None):
         self.fold, self.epoch, self.epochs, self.batches = fold, epoch, epochs, batches
+        self.name = name or f'fold {fold}'  # what the line starts with: a pretraining names itself
         self.every = float(os.environ.get('MOVIE_GENRE_PROGRESS_SECONDS', 10)) if every is None else every
         self.start = self.last = time.time()
 
@@ -195,7 +197,7 @@ class Progress:
         if now - self.last < self.every or batch >= self.batches: return None
         self.last, elapsed = now, now - self.start
         left = elapsed / batch * (self.batches - batch)
-        line = (f'fold {self.fold} epoch {self.epoch}/{self.epochs}  batch {batch}/{self.batches}  '
+        line = (f'{self.name} epoch {self.epoch}/{self.epochs}  batch {batch}/{self.batches}  '
                 f'{images / max(elapsed, 1e-9):.0f} img/s  ETA {int(left // 60)}:{int(left % 60):02d}')
         print(line, flush=True)
         return line
@@ -249,10 +251,14 @@ def with_run_settings(params: dict) -> dict:
     return {**{n: v for n, v in recorded[1].items() if n in inherited}, **params}
 
 def check_fold(cfg: TrainConfig, retrained=()):
-    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: its data's CSV files, a refused resume, a new fold unlike the run's others (but the folds `retrained` with it)."
+    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: a pretraining's folder, its data's CSV files, a backbone (`init`) that is absent or does not fit, a refused resume, a new fold unlike the run's others (but the folds `retrained` with it)."
+    if is_pretraining(cfg.fold_dir.parent):
+        raise ValueError(f'{cfg.fold_dir.parent} is a pretraining (it holds {PRETRAIN_FILE}), not a training run: train under another '
+                         f'run name; to start from its backbone, add -p init {cfg.run_name}')
     if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
     split_csv(cfg.data_dir, 'train')
     if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
+    if cfg.overwrite or not (cfg.fold_dir / LAST_FILE).exists(): check_backbone(cfg)  # a resumed fold has its weights in last.pt
     if cfg.overwrite and not retrained: return  # one fold trained afresh (papermill, Python): the report names folds that differ
     if not cfg.overwrite and (cfg.fold_dir / LAST_FILE).exists(): resume_state(cfg); return
     recorded = run_config(cfg.fold_dir.parent, but=(cfg.fold, *retrained))  # the driver retrains `retrained` together
@@ -263,6 +269,12 @@ def check_fold(cfg: TrainConfig, retrained=()):
                          f'setting no -p names), or under a new run name.')
 
 # %% ../nbs/03b_training.ipynb #67a0c83b
+def initial_model(cfg: TrainConfig, n_genres: int, title_len: int, title_dim: int, with_backbone: bool = True) -> tuple:
+    "The fold's model before its first step, and what it records of its backbone: seeded fresh weights, the poster network from `cfg.init`'s backbone (unless not `with_backbone`: a resumed fold has its weights in `last.pt`)."
+    seed_everything(cfg.seed)
+    model = build_model(cfg, n_genres, title_len, title_dim)
+    return model, load_backbone(model, cfg) if with_backbone else None
+
 def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData | None = None) -> dict:
     "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the scores of the epoch it predicts with."
     with fold_lock(cfg.fold_dir):
@@ -295,9 +307,10 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
                            device=runtime.device.type, drop_last=len(train_ds) > cfg.batch_size)
     valid_dl = make_loader(valid_ds, cfg.batch_size * 2, num_workers=workers, device=runtime.device.type)
 
-    seed_everything(cfg.seed)
+    state = resume_state(cfg, runtime.device)
     L, D = data.title_vectors.shape[1:]
-    model = runtime.prepare(build_model(cfg, len(data.genres), L, D))
+    model, backbone = initial_model(cfg, len(data.genres), L, D, with_backbone=state is None)
+    model = runtime.prepare(model)
     step_model = compile_model(model) if cfg.compile else model
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
            if cfg.ema > 0 else None)
@@ -306,8 +319,8 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
 
     start, best, since_best, rows, finished = 0, -1.0, 0, [], False
-    state = resume_state(cfg, runtime.device)
     if state is not None:
+        backbone = state.get('backbone')  # what the fold started from, recorded when it started
         model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler']); restore_scaler(scaler, state.get('scaler'))
         if ema is not None: ema.load_state_dict(state['ema'])
@@ -317,7 +330,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         print(f'resuming {name} at epoch {start}' + (f', with {describe_changes(applied)}' if applied else ''), flush=True)
     try: previous = json.loads((out / ENVIRONMENT_FILE).read_text())
     except (OSError, ValueError): previous = None  # none yet, or damaged: the history starts again
-    stretch = _environment(runtime, cfg, start)
+    stretch = {**_environment(runtime, cfg, start), **({'backbone': backbone} if backbone else {})}  # which backbone content (sha256)
     write_atomic(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=1))
     write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, stretch), indent=1))
 
@@ -327,7 +340,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
                     ema=ema.state_dict() if ema is not None else None, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, best=best,
                     since_best=since_best, finished=finished, config=asdict(cfg), genres=data.genres, title_shape=[L, D],
-                    year_fill=data.year_fill)
+                    year_fill=data.year_fill, backbone=backbone)
 
     for epoch in range(start, start if finished else cfg.epochs):  # a finished last.pt: only the predictions are missing
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and mixup draws depend only on (seed, epoch)
