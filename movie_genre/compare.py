@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .checkpoints import BACKBONE_FILE, PRETRAIN_FILE, is_pretraining
 from .data import project_path
 from .ensemble import ENSEMBLES_DIR, load_any
 from .evaluate import _save, evaluate, markdown_table
@@ -157,10 +158,20 @@ class CompareConfig(FlatConfig):
     path_fields = ('runs_dir', 'out_dir', 'data_dir')
 
 # %% ../nbs/05a_comparison.ipynb #76c33818
+def _pretraining_row(folder: Path) -> dict:
+    "A pretraining's line in `list_runs`: its method, epochs done of planned, and whether its backbone is there."
+    config, summary = json.loads((folder / PRETRAIN_FILE).read_text()), folder / 'summary.csv'
+    done = len(pd.read_csv(summary)) if summary.is_file() else 0
+    ready = (folder / BACKBONE_FILE).is_file()
+    return {'run': folder.name, 'kind': f"pretraining {config.get('method', '?')}", 'folds': '-',
+            'status': f"backbone of {done} epochs (-p init {folder.name})" if ready and done >= config.get('epochs', 0)
+                      else f"in progress: {done} of {config.get('epochs', '?')} epochs"}
+
 def list_runs(runs_dir='runs', reports_dir='reports') -> pd.DataFrame:
     "Every run under `runs_dir`: kind, folds finished, status, and the headline of its last evaluation (or none)."
     root, rows = project_path(runs_dir), []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != ENSEMBLES_DIR) if root.is_dir() else []:
+        if is_pretraining(run_dir): rows.append(_pretraining_row(run_dir)); continue
         total = len(pd.read_csv(run_dir / FOLDS_FILE)['fold'].unique()) if (run_dir / FOLDS_FILE).is_file() else len(fold_numbers(run_dir))
         done = finished_folds(run_dir)
         busy = [f'fold {k} ({lock_holder(run_dir / f"fold{k}")})' for k in fold_numbers(run_dir) if lock_holder(run_dir / f'fold{k}')]

@@ -32,8 +32,8 @@ __all__ = ['DEFAULT_YEAR', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MA
            'resolve_path', 'parse_genres', 'parse_year', 'parse_years', 'median_year', 'poster_shape', 'read_poster',
            'poster_cache', 'tokenize', 'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths',
            'load_title_arrays', 'MovieData', 'csv_line', 'split_csv', 'load_split', 'read_labels', 'read_years',
-           'make_folds', 'RandomPosterWarp', 'train_transforms', 'eval_transforms', 'EpochSampler', 'random_steps',
-           'seed_steps', 'MovieDataset', 'make_loader']
+           'make_folds', 'RandomPosterWarp', 'train_transforms', 'ssl_transforms', 'eval_transforms', 'EpochSampler',
+           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -301,7 +301,7 @@ class _Problems:
 def _genre_order(sample: pd.DataFrame | None, table: pd.DataFrame, genres) -> list[str]:
     if genres is not None: return list(genres)
     if sample is not None: return [c for c in sample.columns if c != 'id']
-    return sorted({g for gs in table['genres'] if isinstance(gs, list) for g in gs})
+    return sorted({g for gs in (table['genres'] if 'genres' in table else []) if isinstance(gs, list) for g in gs})  # unparsed: none
 
 def _read_sample_submission(data_dir: Path) -> pd.DataFrame | None:
     file = data_dir / 'sample_submission.csv'
@@ -315,26 +315,26 @@ def _some(values, n: int = 5) -> str:
     return ', '.join(map(repr, values[:n])) + (f' and {len(values) - n} more' if len(values) > n else '')
 
 # %% ../nbs/01_dataset.ipynb #0ccf5215
-def split_csv(data_dir='data', split: str = 'train') -> Path:
-    "The CSV of `split` in `data_dir`, checked without reading its rows: it exists, and its header has the columns the split needs."
+def split_csv(data_dir='data', split: str = 'train', labels: bool = True) -> Path:
+    "The CSV of `split` in `data_dir`, checked without reading its rows: it exists, and its header has the columns the split needs (`genres` in train.csv, unless not `labels`)."
     data_dir = project_path(data_dir)
     csv = data_dir / f'{split}.csv'
     if not csv.is_file():
         raise FileNotFoundError(f'no {csv}: put the competition data in {data_dir} (see data/README.md) '
                                 f'or make the demo set with `movie-genre demo {data_dir}`')
     columns = list(read_csv(csv, nrows=0).columns)
-    missing = [c for c in REQUIRED_COLUMNS + (['genres'] if split == 'train' else []) if c not in columns]
+    missing = [c for c in REQUIRED_COLUMNS + (['genres'] if split == 'train' and labels else []) if c not in columns]
     if missing: raise DataError(f'{csv} lacks the column(s) {missing}; it has {columns}')
     return csv
 
 def load_split(data_dir='data', split: str = 'train', image_size: int = 128, aspect: float = 1.5,
                on_bad: str = 'raise', report_dir=None, genres: list[str] | None = None,
-               workers: int | None = None, year_fill: float | None = None) -> MovieData:
-    "Read, validate and cache one split (`train` or `test`) of the data in `data_dir`; missing years get `year_fill` (default: this split's median)."
+               workers: int | None = None, year_fill: float | None = None, labels: bool = True) -> MovieData:
+    "Read, validate and cache one split (`train` or `test`) of the data in `data_dir`; missing years get `year_fill` (default: this split's median); `labels=False` never reads a genre (self-supervised pretraining)."
     if on_bad not in ('raise', 'skip'): raise ValueError(f"on_bad must be 'raise' or 'skip', not {on_bad!r}")
-    data_dir, csv = project_path(data_dir), split_csv(data_dir, split)
+    data_dir, csv = project_path(data_dir), split_csv(data_dir, split, labels)
     table = read_csv(csv)
-    labelled = 'genres' in table.columns
+    labelled = labels and 'genres' in table.columns
     if table.empty: raise DataError(f'{csv} has a header but no rows')
     sample = _read_sample_submission(data_dir)
     problems = _Problems(table)
@@ -516,6 +516,14 @@ def train_transforms(height: int, width: int) -> A.Compose:
         RandomPosterWarp(height, width),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.3),
+    ])
+
+def ssl_transforms(height: int, width: int) -> A.Compose:
+    "Augmentations for self-supervised pretraining: two views of a poster should share its content, not its framing or colours (a wider crop, colour jitter, grey)."
+    return A.Compose([
+        RandomPosterWarp(height, width, scale=(0.25, 1.0), ratio=(0.75, 1.33)),
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8),
+        A.ToGray(p=0.2),
     ])
 
 def eval_transforms(height: int, width: int) -> A.Compose:
