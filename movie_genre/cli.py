@@ -23,7 +23,8 @@ from .processes import CHILDREN, ChildProcesses, Stopped, stopping_on_signals, s
 # %% auto #0
 __all__ = ['DRIVER_LOCK', 'parse_folds', 'notebook_path', 'check_gpus', 'error_line', 'fold_table', 'table_text', 'plural',
            'folds_to_train', 'train_folds', 'cli_words', 'ensemble_options', 'build_parser', 'NotebookFailed',
-           'run_notebook', 'check_runs', 'main', 'compare_command', 'evaluate_command', 'quickstart']
+           'run_notebook', 'check_runs', 'main', 'compare_command', 'pretrain_command', 'evaluate_command',
+           'quickstart']
 
 # %% ../nbs/07_cli.ipynb #3bd89784
 def parse_folds(text: str) -> list[int]:
@@ -298,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
                    'failed and retried by the next worker (a killed worker, a lost machine)')
     p.add_argument('--seed', type=int, help="the sampler's seed")
     p.add_argument('--report', action='store_true', help='only write the report of the study into reports/studies/<study>/ (trials, history, importances, protocol, best recipe)')
+    p = command('pretrain', 'pretrain the poster network, self-supervised, on every poster of the data folder (no label read) through '
+                'nbs/04e_pretrain.ipynb into runs/<name>/backbone.pt; a run starts from it with -p init NAME',
+                epilog='pretraining parameters (-p NAME VALUE):\n' + parameter_help_of('PretrainConfig')
+                       + '\n\nThe same command continues an interrupted pretraining from its last finished epoch, or a finished one with '
+                         'more -p epochs.')
+    p.add_argument('--name', required=True, help="the pretraining's folder runs/<name>/, and what a run's -p init names")
+    _param_option(p, 'a pretraining parameter')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
                 epilog='evaluation parameters (-p NAME VALUE):\n' + parameter_help_of('EvaluateConfig'))
     p.add_argument('--run-name', required=True, help='the run to evaluate, or runs a,b,... (an ensemble: see -p weights, -p stack)')
@@ -347,19 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
 class NotebookFailed(RuntimeError):
     "A papermill notebook that a command ran failed: its error's own line, and where the executed notebook and its log are."
 
-def run_notebook(name: str, output: Path, params: dict):
-    "Execute `nbs/<name>` with papermill into `output` (its log beside it, `.log`), from the project root, as a child process; `NotebookFailed` with the failed cell's error."
+def run_notebook(name: str, output: Path, params: dict, echo=lambda line: False):
+    "Execute `nbs/<name>` with papermill into `output` (its log beside it, `.log`, and the lines `echo` picks on the console), from the project root, as a child process; `NotebookFailed` with the failed cell's error."
     output.parent.mkdir(parents=True, exist_ok=True)
     log = output.with_suffix('.log')
-    code = stream_output(_papermill_command(notebook_path(name), output, params), log)  # the kernel's warnings stay in the log
+    code = stream_output(_papermill_command(notebook_path(name), output, params), log, echo)  # the kernel's warnings stay in the log
     if code: raise NotebookFailed(f'{error_line(log.read_text()) or f"papermill exited with {code}"} (the executed notebook: {output}; its log: {log})')
 
 def check_runs(spec: str, runs_dir='runs'):
     "Each run of `spec` (a run, or an ensemble a,b,...) has a finished fold in `runs_dir`; otherwise the one error for an unknown run, naming the runs there."
     from movie_genre.runs import FOLDS_FILE, finished_folds, run_path
+    from movie_genre.checkpoints import is_pretraining
     for name in (n.strip() for n in spec.split(',')):
         run_dir = run_path(name, runs_dir)
         if run_dir.is_dir() and finished_folds(run_dir): continue
+        if is_pretraining(run_dir):
+            raise FileNotFoundError(f'{name!r} in {run_dir.parent} is a pretraining (a backbone that a run starts from with -p init {name}), '
+                                    f'not a run with folds to evaluate')
         known = sorted(p.name for p in run_dir.parent.iterdir() if (p / FOLDS_FILE).is_file()) if run_dir.parent.is_dir() else []
         raise FileNotFoundError(f'run {name!r} has no finished fold in {run_dir.parent}' + ('' if run_dir.is_dir() else ' (no such run)')
                                 + f'; the runs there: {", ".join(known) or "none yet"} (movie-genre runs lists them)')
@@ -415,6 +427,10 @@ def _run(args, parser):
         tune_command(args.study, args.storage, args.n_trials, args.timeout, args.folds, args.metric,
                      _command_line_params(TrainConfig, args.param, usage), _here(args.space),
                      check_gpus(args.gpus.split(',')) if args.gpus else None, args.report, args.heartbeat, args.seed)
+    elif args.command == 'pretrain':
+        from movie_genre.pretrain import PretrainConfig
+        if any(n == 'name' for n, _ in args.param or []): usage.error('pretrain takes its name as --name, not -p name')
+        pretrain_command(_command_line_params(PretrainConfig, args.param, usage, name=args.name))
     elif args.command == 'evaluate':
         from movie_genre.evaluate import EvaluateConfig
         evaluate_command(_command_line_params(EvaluateConfig, args.param, usage, run_name=args.run_name))
@@ -456,6 +472,14 @@ def compare_command(runs: list[str], metric: str, runs_dir: str, out: Path):
     shutil.rmtree(old, ignore_errors=True)
     print(table_text(pd.read_csv(out / 'comparison.csv', index_col=0)))
     print(f'comparison: {out / "comparison.md"}')
+
+def pretrain_command(params: dict):
+    "`movie-genre pretrain`: checked before any process or folder (data, name, resume), then `04e_pretrain.ipynb` in its own process, its progress on the console."
+    from movie_genre.pretrain import PretrainConfig, check_pretrain
+    cfg = PretrainConfig.from_dict(params)
+    check_pretrain(cfg)
+    notebook, _ = _attempt_files(cfg.folder)
+    run_notebook('04e_pretrain.ipynb', notebook, params, lambda line: line.startswith(('pretrain ', 'resuming ')) and '|' not in line)
 
 def evaluate_command(params: dict):
     "`movie-genre evaluate`: the run must exist; run `05_evaluate.ipynb` into the report folder, then print the headline scores."

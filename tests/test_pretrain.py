@@ -76,3 +76,54 @@ def test_a_backbone_that_does_not_fit_is_refused_before_training(demo, tmp_path)
             '-p', 'image_size', 32, '-p', 'depths', '1,1', '-p', 'init', 'bb')  # width 32, the default
     assert r.returncode == 1 and 'fold 1 FAILED: ValueError: init \'bb\'' in r.stdout and 'width 16' in r.stdout, r.stdout + r.stderr
     assert not (runs / 'r' / 'fold1').exists()
+
+
+def tiny_pretraining(data, tmp_path, **settings) -> 'PretrainConfig':
+    from movie_genre.pretrain import PretrainConfig
+    return PretrainConfig(**{'name': 'pt', 'data_dir': str(data), 'runs_dir': str(tmp_path / 'runs'), 'reports_dir': str(tmp_path / 'reports'),
+                             'epochs': 1, 'batch_size': 8, 'device': 'cpu', 'amp': False, **SMALL, **settings})
+
+
+@pytest.mark.parametrize('method', ['simclr', 'vicreg'])
+def test_pretraining_reads_no_label_and_changes_the_backbone(demo, tmp_path, method):
+    "On a train.csv without its genres column, a few steps move the poster network away from its fresh weights; the backbone holds every poster (train and test)."
+    from movie_genre.pretrain import PretrainNet, pretrain
+    from movie_genre.train import seed_everything
+    table = pd.read_csv(demo / 'train.csv')
+    table.drop(columns='genres').to_csv(demo / 'train.csv', index=False)
+    cfg = tiny_pretraining(demo, tmp_path, method=method)
+    summary = pretrain(cfg)
+    assert list(summary.columns) == ['epoch', 'loss', 'lr', 'seconds', 'images_per_s'] and summary['loss'].notna().all()
+    backbone = load_checkpoint(cfg.folder / BACKBONE_FILE)
+    assert backbone['posters'] == len(table) + len(pd.read_csv(demo / 'test.csv')) and backbone['config']['method'] == method
+    seed_everything(cfg.seed)
+    fresh = PretrainNet(cfg).encoder.state_dict()  # the weights it started from
+    assert any(not torch.equal(fresh[k], v) for k, v in backbone['encoder'].items() if v.is_floating_point())
+    assert (tmp_path / 'reports' / 'pt' / 'pretrain_loss.png').is_file()
+    for file in ('pretrain.json', 'summary.csv', 'last.pt', 'environment.json'): assert (cfg.folder / file).is_file(), file
+
+
+def test_a_rerun_continues_from_last_pt_and_names_are_not_shared(demo, tmp_path, capsys):
+    "epochs 1, then 2: the second run starts at epoch 2 from last.pt; another setting is refused by name; a training run and a pretraining never share a name."
+    from movie_genre.pretrain import pretrain
+    first = pretrain(tiny_pretraining(demo, tmp_path))
+    second = pretrain(tiny_pretraining(demo, tmp_path, epochs=2))
+    assert 'resuming pretrain pt at epoch 2' in capsys.readouterr().out
+    assert list(second['epoch']) == [1, 2] and second['loss'].iloc[0] == first['loss'].iloc[0]
+    assert load_checkpoint(tmp_path / 'runs' / 'pt' / BACKBONE_FILE)['config']['epochs'] == 2
+    with pytest.raises(ValueError, match=r"lr 0\.01 \(was 0\.002\)"): pretrain(tiny_pretraining(demo, tmp_path, epochs=3, lr=0.01))
+    with pytest.raises(ValueError, match='is a pretraining.*-p init pt'):
+        check_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='pt', folds=2))
+    train_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='run', folds=2, epochs=1, device='cpu', **SMALL))
+    with pytest.raises(ValueError, match='is a training run, not a pretraining'): pretrain(tiny_pretraining(demo, tmp_path, name='run'))
+    r = cli('runs', '--runs-dir', tmp_path / 'runs')  # a pretraining is listed as one, beside the runs
+    assert r.returncode == 0 and 'pretraining simclr' in r.stdout and 'backbone of 2 epochs' in r.stdout, r.stdout + r.stderr
+    r = cli('evaluate', '--run-name', 'pt', '-p', 'runs_dir', tmp_path / 'runs')
+    assert r.returncode == 2 and "'pt'" in r.stderr and 'is a pretraining' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_pretrain_command_refuses_a_missing_data_folder_in_one_line(tmp_path):
+    r = cli('pretrain', '--name', 'p', '-p', 'data_dir', 'nowhere', '-p', 'runs_dir', 'runs', cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith('movie-genre pretrain: error: no ') and 'nowhere/train.csv' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'runs').exists()
