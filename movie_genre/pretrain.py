@@ -130,9 +130,10 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance: float = 25.0, va
             + covariance * (correlation(z1) + correlation(z2)))
 
 def ssl_loss(z1: torch.Tensor, z2: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
-    "The loss of `cfg.method` between the projections of the two views."
-    if cfg.method == 'simclr': return nt_xent(z1, z2, cfg.temperature)
-    return vicreg_loss(z1, z2, cfg.invariance, cfg.variance, cfg.covariance)
+    "The loss of `cfg.method` between the projections of the two views, in fp32 even under autocast (bf16 similarities would blur the softmax)."
+    with torch.autocast(z1.device.type, enabled=False):
+        if cfg.method == 'simclr': return nt_xent(z1, z2, cfg.temperature)
+        return vicreg_loss(z1, z2, cfg.invariance, cfg.variance, cfg.covariance)
 
 # %% ../nbs/03e_pretrain.ipynb #9c5f72a2
 class PosterViews(torch.utils.data.Dataset):

@@ -127,3 +127,15 @@ def test_pretrain_command_refuses_a_missing_data_folder_in_one_line(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith('movie-genre pretrain: error: no ') and 'nowhere/train.csv' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 'runs').exists()
+
+
+def test_the_pretrain_notebooks_parameters_cell_holds_the_config_defaults():
+    import ast
+    from dataclasses import fields
+    from movie_genre.pretrain import PretrainConfig
+    cells = [c for c in json.loads((ROOT / 'nbs' / '04e_pretrain.ipynb').read_text())['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    assert len(cells) == 1
+    values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cells[0]['source'])).body if isinstance(n, ast.Assign)}
+    defaults = {f.name: f.default for f in fields(PretrainConfig)}
+    assert {'name', 'data_dir', 'method', 'epochs', 'batch_size', 'arch', 'width', 'depths'} <= set(values)
+    assert {k: defaults[k] for k in values} == values
