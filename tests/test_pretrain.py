@@ -116,10 +116,11 @@ def test_a_rerun_continues_from_last_pt_and_names_are_not_shared(demo, tmp_path,
         check_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='pt', folds=2))
     train_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='run', folds=2, epochs=1, device='cpu', **SMALL))
     with pytest.raises(ValueError, match='is a training run, not a pretraining'): pretrain(tiny_pretraining(demo, tmp_path, name='run'))
-    r = cli('runs', '--runs-dir', tmp_path / 'runs')  # a pretraining is listed as one, beside the runs
-    assert r.returncode == 0 and 'pretraining simclr' in r.stdout and 'backbone of 2 epochs' in r.stdout, r.stdout + r.stderr
-    r = cli('evaluate', '--run-name', 'pt', '-p', 'runs_dir', tmp_path / 'runs')
-    assert r.returncode == 2 and "'pt'" in r.stderr and 'is a pretraining' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    from movie_genre.cli import check_runs
+    from movie_genre.compare import list_runs
+    listed = list_runs(tmp_path / 'runs')  # what `movie-genre runs` prints: a pretraining as one, beside the runs
+    assert listed.loc['pt', 'kind'] == 'pretraining simclr' and listed.loc['pt', 'status'].startswith('backbone of 2 epochs')
+    with pytest.raises(FileNotFoundError, match="'pt' in .* is a pretraining"): check_runs('pt', tmp_path / 'runs')  # evaluate, submit, predict, compare
 
 
 def test_pretrain_command_refuses_a_missing_data_folder_in_one_line(tmp_path):
