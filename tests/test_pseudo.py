@@ -137,3 +137,14 @@ def test_pseudo_labels_that_could_leak_are_refused_before_anything_runs(demo, tr
     for bad in (-1.0, float('nan'), float('inf')):
         with pytest.raises(ValueError, match='pseudo_weight must be a finite number 0 or more'): TrainConfig(pseudo='teacher', pseudo_weight=bad)
     with pytest.raises(ValueError, match='pseudo must name runs joined by commas'): TrainConfig(pseudo='teacher,')
+
+
+def test_the_report_and_the_comparison_say_which_runs_learnt_from_the_test_posters(trained, tmp_path):
+    from movie_genre.compare import compare_runs
+    from movie_genre.evaluate import evaluate, write_report
+    from movie_genre.runs import load_run
+    used = 'pseudo-labels: 8 test posters, soft-labelled by fold k of teacher (weight 0.5)'
+    report = write_report(evaluate(load_run('student', trained, verbose=False)), tmp_path / 'student').read_text()
+    assert f'Unlabelled posters: {used}.' in report
+    table = compare_runs(['teacher', 'student'], trained, tmp_path / 'compare')['table']
+    assert table['unlabelled posters'].tolist() == ['none', used]
