@@ -148,3 +148,9 @@ def test_the_report_and_the_comparison_say_which_runs_learnt_from_the_test_poste
     assert f'Unlabelled posters: {used}.' in report
     table = compare_runs(['teacher', 'student'], trained, tmp_path / 'compare')['table']
     assert table['unlabelled posters'].tolist() == ['none', used]
+
+
+def test_a_new_student_trains_every_fold_of_its_teacher_split(trained):
+    from movie_genre.cli import folds_to_train
+    params = {'run_name': 'new', 'runs_dir': str(trained), 'pseudo': 'teacher'}
+    assert folds_to_train(TrainConfig, params, None) == [1, 2] and (params['folds'], params['fold_seed']) == (2, 42)  # not 1-8
