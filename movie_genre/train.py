@@ -238,6 +238,14 @@ def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
         raise FileNotFoundError(f'fold {cfg.fold} of {cfg.run_name} learns from fold {cfg.fold} of teacher run {teacher}, which is '
                                 f'{status}: no {fold_dir / TEST_FILE}. Train it first (movie-genre train --run-name {teacher} '
                                 f'--folds {cfg.fold}, on this data)')
+    config = read_run_json(fold_dir / CONFIG_FILE)
+    if config.get('model') != 'tfidf':  # a TF-IDF fold is fitted once: it chose nothing
+        epochs_run = len(read_run_csv(fold_dir / SUMMARY_FILE))
+        if chose_by_validation(config.get('select', 'best'), config.get('epochs', epochs_run), epochs_run):
+            raise ValueError(f"fold {cfg.fold} of teacher run {teacher} chose its weights by its validation F1 (select="
+                             f"{config.get('select', 'best')!r}, or an early stop by patience): its test probabilities carry the labels "
+                             f"of the movies fold {cfg.fold} of {cfg.run_name} is scored on. Retrain the teacher with select='last' and "
+                             f"patience=0 (the defaults)")
     return fold_dir
 
 def pseudo_targets(cfg: TrainConfig, test_ids, genres: list[str] | None = None) -> np.ndarray:

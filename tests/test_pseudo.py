@@ -123,6 +123,9 @@ def test_pseudo_labels_that_could_leak_are_refused_before_anything_runs(demo, tr
         refused(tiny(demo, trained, 'x', fold=2, pseudo=f'teacher,{name}'), FileNotFoundError, f'fold 2 of teacher run {name}',
                 f'--run-name {name} --folds 2')
         check_fold(tiny(demo, trained, 'x', fold=1, pseudo=f'teacher,{name}'))  # its fold 1 may teach
+    shutil.copytree(trained / 'teacher', trained / 'picky')  # fold 1 kept its best validation epoch
+    (config := trained / 'picky' / 'fold1' / 'config.json').write_text(config.read_text().replace('"select": "last"', '"select": "best"'))
+    refused(tiny(demo, trained, 'x', pseudo='picky'), ValueError, 'fold 1 of teacher run picky chose its weights', "select='last'")
     other = trained / 'teacher' / 'fold1' / TEST_FILE
     shutil.copytree(trained / 'teacher', trained / 'short'); (trained / 'short' / 'fold1' / TEST_FILE).write_text(''.join(other.read_text().splitlines(True)[:-1]))
     refused(tiny(demo, trained, 'x', pseudo='short'), ValueError, 'short/fold1/test_probs.csv', '1 of those missing')
