@@ -133,11 +133,13 @@ def table_text(table) -> str:
 def plural(n: int, word: str) -> str: return f'{n} {word}{"" if n == 1 else "s"}'
 
 def folds_to_train(config, params: dict, folds: list[int] | None) -> list[int]:
-    "The folds `train` trains: `folds`, else every fold of the run's split (`params` get its number), else of `-p folds`; in range."
+    "The folds `train` trains: `folds`, else every fold of the run's split (a new pseudo-labelled run: its teacher's; `params` get its number), else of `-p folds`; in range."
     import pandas as pd
     from movie_genre.runs import FOLDS_FILE, SPLIT_FILE, fold_list, run_path
     if 'fold' in params: raise ValueError('-p fold is the training notebook\'s own parameter: the command takes --folds (e.g. --folds 3 or 1-8)')
     split = run_path(params.get('run_name', 'demo'), params.get('runs_dir', 'runs')) / FOLDS_FILE
+    if not split.is_file() and params.get('pseudo'):  # a new pseudo-labelled run takes its first teacher's split
+        split = run_path(str(params['pseudo']).split(',')[0].strip(), params.get('runs_dir', 'runs')) / FOLDS_FILE
     if split.is_file() and 'folds' not in params: params['folds'] = int(pd.read_csv(split, usecols=['fold'])['fold'].nunique())
     made = split.with_name(SPLIT_FILE)
     if made.is_file() and 'fold_seed' not in params and 'fold_seed' in (seed := json.loads(made.read_text())):

@@ -14,7 +14,7 @@ import pandas as pd
 from .checkpoints import BACKBONE_FILE, PRETRAIN_FILE, is_pretraining
 from .data import project_path
 from .ensemble import ENSEMBLES_DIR, load_any
-from .evaluate import _save, evaluate, markdown_table
+from .evaluate import _save, evaluate, markdown_table, unlabelled_posters
 from .metrics import distinct_colours
 from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
 
@@ -70,7 +70,8 @@ def compare_runs(names: list[str], runs_dir='runs', out_dir='reports/compare', m
         crossed = ev.scores.loc['tuned, cross-fitted'] if 'tuned, cross-fitted' in ev.scores.index else ev.scores.loc['tuned']
         total = len(run.finished) + len(run.missing)
         rows.append({'run': run.name, 'micro': crossed['micro'], 'macro': crossed['macro'], 'samples': crossed['samples'],
-                     'estimate': estimate_kind(run), 'folds': f'{len(run.finished)} of {total}', **_cost(run)})
+                     'estimate': estimate_kind(run), 'folds': f'{len(run.finished)} of {total}', **_cost(run),
+                     'unlabelled posters': unlabelled_posters(run)})
         genres.append(ev.genre_scores[['f1', 'ap']].assign(run=run.name).reset_index())
     table = pd.DataFrame(rows).set_index('run')
     per_genre = pd.concat(genres, ignore_index=True)
@@ -89,6 +90,7 @@ Pooled out-of-fold F1 with cross-fitted thresholds tuned for **{metric} F1** (ea
 with thresholds tuned on the other folds), where the `estimate` column says `cross-fitted`; a run
 of one fold can only be scored in sample, and a run that chose its weights on its validation movies
 is optimistic: neither ranks fairly against the others. Training minutes summed over the folds.
+`unlabelled posters` says which runs also learnt from posters without labels, and how (pseudo-labels, a pretrained backbone).
 
 {markdown_table(table)}
 

@@ -20,13 +20,14 @@ from .metrics import (
     decode, distinct_colours, f1_scores, genre_table, plot_confusion_matrices, plot_genre_heatmap, plot_pr_curves,
     plot_roc_curves, threshold_table, tune_thresholds)
 from .ensemble import load_any, thresholds_for
-from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, THRESHOLDS_FILE, RunResult, fold_list, load_run,
-                              save_thresholds)
+from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, TEST_FILE, THRESHOLDS_FILE, RunResult, finished_folds, fold_list,
+                              load_run, save_thresholds)
 
 # %% auto #0
 __all__ = ['FIGURES', 'IN_SAMPLE', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
            'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'predict_test_split',
-           'make_submission', 'tta_comparison', 'markdown_table', 'write_report', 'EvaluateConfig', 'evaluate_run']
+           'make_submission', 'tta_comparison', 'markdown_table', 'unlabelled_use', 'unlabelled_posters',
+           'write_report', 'EvaluateConfig', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
 @dataclass
@@ -279,6 +280,30 @@ def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
     lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in table.itertuples(index=False)]
     return '\n'.join(lines)
 
+# %% ../nbs/04a_evaluation.ipynb #d68ed15b
+def unlabelled_use(config: dict, test_posters: int | None = None) -> str:
+    "How a run with `config` learnt from posters without labels: pseudo-labels of `test_posters` test posters (teachers, weight) and a pretrained backbone (`init`); 'none'."
+    used = []
+    if config.get('pseudo'):
+        used.append(f"pseudo-labels: {test_posters if test_posters is not None else 'the'} test posters, soft-labelled by fold k of "
+                    f"{config['pseudo']} (weight {config.get('pseudo_weight', 0.5):g})")
+    if config.get('init'): used.append(f"init: backbone pretrained as {config['init']}")
+    return '; '.join(used) or 'none'
+
+def unlabelled_posters(run: RunResult) -> str:
+    "`unlabelled_use` of a run, or of each member of an ensemble that used unlabelled posters."
+    if 'members' not in run.config: return unlabelled_use(run.config, None if run.test_probs is None else len(run.test_probs))
+    runs_dir, used = run.run_dir.parent.parent, []  # an ensemble's folder is <runs_dir>/ensembles/<name>
+    for member in run.config['members']:
+        finished = finished_folds(runs_dir / member)
+        if not finished: continue
+        fold = runs_dir / member / f'fold{finished[0]}'
+        test = fold / TEST_FILE
+        use = unlabelled_use(json.loads((fold / CONFIG_FILE).read_text()), len(pd.read_csv(test)) if test.is_file() else None)
+        if use != 'none': used.append(f'{member}: {use}')
+    return '; '.join(used) or 'none'
+
+
 # %% ../nbs/04a_evaluation.ipynb #3469fe93
 def _tta_sentence(ev: Evaluation) -> str:
     flip = 'with' if ev.run.config.get('tta', False) else 'without'
@@ -344,6 +369,8 @@ Folds used: {fold_list(run.finished)} of {len(run.finished) + len(run.missing)} 
 
 Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fold probabilities; at most
 {run.max_genres} genres per movie, and always the most probable one. {_model_sentence(run)}
+
+Unlabelled posters: {unlabelled_posters(run)}.
 
 ## Scores: fixed versus tuned thresholds
 

@@ -9,30 +9,33 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, PRETRAIN_FILE, check_backbone, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
-                              project_path, split_csv, train_transforms)
+                              project_path, read_csv, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
 from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
                               SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
                               same_setting, write_atomic)
+from .runs import SPLIT_FILE, fold_status, read_run_csv, run_path, skipped_ids
 
 # %% auto #0
-__all__ = ['FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda', 'make_optimizer',
-           'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets', 'Progress', 'config_changes',
-           'describe_changes', 'resume_state', 'environment_history', 'run_config', 'with_run_settings', 'check_fold',
-           'initial_model', 'train_fold']
+__all__ = ['NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda',
+           'make_optimizer', 'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets', 'teacher_runs',
+           'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split', 'PseudoLabelled',
+           'with_pseudo_labels', 'Progress', 'config_changes', 'describe_changes', 'resume_state',
+           'environment_history', 'run_config', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -58,6 +61,8 @@ class TrainConfig(ModelConfig):
     mixup: float = 0.0            # Beta(mixup, mixup) blend of posters, titles and targets; 0 turns it off
     ema: float = 0.0              # decay of an exponential moving average of the weights; 0 turns it off
     augment: bool = True
+    pseudo: str = ''              # run(s), comma-separated, whose fold k soft-labels the test posters added to fold k's training set; '' = off
+    pseudo_weight: float = 0.5    # weight of a pseudo-labelled poster's loss (a labelled one weighs 1)
     tta: bool = True              # average with horizontally flipped posters when predicting
     metric: str = 'macro'         # the F1 the run's thresholds are tuned for (and that picks the best epoch): 'macro', 'micro' or 'samples'
     select: str = 'last'          # the weights a fold predicts with: 'last' (final epoch: honest OOF) or 'best' (best validation epoch: optimistic)
@@ -91,6 +96,9 @@ class TrainConfig(ModelConfig):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < (1e-12 if name == 'lr' else 0):
                 raise ValueError(f'{name} must be a finite number ' + ('above 0' if name == 'lr' else '0 or more') + f', not {getattr(self, name)!r}')
         if self.label_smoothing >= 1 or self.ema >= 1: raise ValueError('label_smoothing and ema must be below 1')
+        if not math.isfinite(self.pseudo_weight) or self.pseudo_weight < 0:
+            raise ValueError(f'pseudo_weight must be a finite number 0 or more, not {self.pseudo_weight!r}')
+        if self.pseudo and not all(teacher_runs(self)): raise ValueError(f'pseudo must name runs joined by commas, not {self.pseudo!r}')
         if self.patience < 0: raise ValueError(f'patience must be 0 (no early stopping) or more, not {self.patience}')
         if self.threads < 0: raise ValueError(f'threads must be 0 (every core) or more, not {self.threads}')
 
@@ -105,15 +113,16 @@ def seed_everything(seed: int):
     torch.backends.cudnn.benchmark = False
 
 # %% ../nbs/03b_training.ipynb #887df170
-def genre_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = 'bce', smoothing: float = 0.0) -> torch.Tensor:
-    "Mean multi-label loss of `logits` against 0/1 (or mixed) `targets`."
+def genre_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = 'bce', smoothing: float = 0.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    "Mean multi-label loss of `logits` against 0/1 (or mixed, or soft) `targets`, each row's loss times its `weight` (default 1)."
     targets = targets * (1 - smoothing) + 0.5 * smoothing
-    if kind == 'bce': return F.binary_cross_entropy_with_logits(logits.float(), targets)
-    p = torch.sigmoid(logits.float())
-    p_neg = (p - 0.05).clamp(min=0)  # probability shifting: very easy negatives contribute nothing
-    pos = targets * torch.log(p.clamp(min=1e-8))
-    neg = (1 - targets) * p_neg.pow(4) * torch.log((1 - p_neg).clamp(min=1e-8))
-    return -(pos + neg).sum(1).mean() / logits.shape[1]
+    if kind == 'bce': losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction='none')
+    else:
+        p = torch.sigmoid(logits.float())
+        p_neg = (p - 0.05).clamp(min=0)  # probability shifting: very easy negatives contribute nothing
+        losses = -(targets * torch.log(p.clamp(min=1e-8)) + (1 - targets) * p_neg.pow(4) * torch.log((1 - p_neg).clamp(min=1e-8)))
+    return losses.mean() if weight is None else (losses.mean(1) * weight.float()).mean()
 
 # %% ../nbs/03b_training.ipynb #8c3f4c5c
 def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
@@ -122,7 +131,8 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
     lam = max(lam, 1 - lam)
     perm = torch.randperm(len(batch['labels']), generator=generator).to(batch['labels'].device)
     out = dict(batch)
-    for key in ('image', 'title', 'year', 'labels'): out[key] = lam * batch[key] + (1 - lam) * batch[key][perm]
+    for key in ('image', 'title', 'year', 'labels', 'weight'):  # `weight`: pseudo-labelled batches' per-row loss weights
+        if key in batch: out[key] = lam * batch[key] + (1 - lam) * batch[key][perm]
     out['title_len'] = torch.maximum(batch['title_len'], batch['title_len'][perm])
     return out
 
@@ -158,7 +168,7 @@ def probs_frame(ids: np.ndarray, probs: np.ndarray, genres: list[str]) -> pd.Dat
 def train_step(model, batch: dict, optimizer, scheduler, scaler, runtime: Runtime, cfg: TrainConfig, where: str = '') -> float:
     "One optimisation step of `model` on the device `batch`; the loss. `FloatingPointError` (saying `where`) for a NaN or infinite loss."
     with runtime.autocast():
-        loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing)
+        loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing, batch.get('weight'))
     value = loss.item()
     if not math.isfinite(value): raise FloatingPointError(f'the loss became {value} {where}; try a lower lr.')
     optimizer.zero_grad(set_to_none=True)
@@ -181,6 +191,135 @@ def fold_datasets(cfg: TrainConfig, data: MovieData, folds: pd.DataFrame) -> tup
 def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> dict:
     thresholds = tune_thresholds(labels, probs, metric=cfg.metric, max_genres=cfg.max_genres)
     return {f'f1_{k}': v for k, v in f1_scores(labels, decode(probs, thresholds, cfg.max_genres)).items()}
+
+# %% ../nbs/03b_training.ipynb #d74eef20
+def teacher_runs(cfg: TrainConfig) -> list[str]:
+    "The runs whose fold `cfg.fold` soft-labels the test posters (`cfg.pseudo`, comma-separated); [] when off."
+    return [name.strip() for name in cfg.pseudo.split(',')] if cfg.pseudo.strip() else []
+
+NO_FITTED_TEACHER = ("a fitted ensemble (stacked, or with tuned weights) cannot teach a fold: it was fit on pooled out-of-fold "
+                     "labels, fold k's validation movies among them. Name its member runs joined by commas instead "
+                     "(-p pseudo a,b: the mean of their fold-k models)")
+
+def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
+    "The folder of fold `cfg.fold` of run `teacher`, finished with its test probabilities; else an error saying what to do."
+    run_dir = run_path(teacher, cfg.runs_dir)
+    ensembles = project_path(cfg.runs_dir) / 'ensembles'  # ensemble.ENSEMBLES_DIR (a later module)
+    if run_dir.parent == ensembles or (not run_dir.is_dir() and (ensembles / teacher).is_dir()):
+        raise ValueError(f'pseudo names {teacher!r}, an ensemble of {ensembles}: {NO_FITTED_TEACHER}')
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f'pseudo names run {teacher!r}, but there is no {run_dir}: train the teacher first, or name a run of {run_dir.parent}')
+    fold_dir = run_dir / f'fold{cfg.fold}'
+    if cfg.fold not in finished_folds(run_dir) or not (fold_dir / TEST_FILE).is_file():
+        status = fold_status(fold_dir)
+        status = 'finished without test probabilities (its data had no test.csv?)' if status == 'finished' else status
+        raise FileNotFoundError(f'fold {cfg.fold} of {cfg.run_name} learns from fold {cfg.fold} of teacher run {teacher}, which is '
+                                f'{status}: no {fold_dir / TEST_FILE}. Train it first (movie-genre train --run-name {teacher} '
+                                f'--folds {cfg.fold}, on this data)')
+    config = read_run_json(fold_dir / CONFIG_FILE)
+    if config.get('model') != 'tfidf':  # a TF-IDF fold is fitted once: it chose nothing
+        epochs_run = len(read_run_csv(fold_dir / SUMMARY_FILE))
+        if chose_by_validation(config.get('select', 'best'), config.get('epochs', epochs_run), epochs_run):
+            raise ValueError(f"fold {cfg.fold} of teacher run {teacher} chose its weights by its validation F1 (select="
+                             f"{config.get('select', 'best')!r}, or an early stop by patience): its test probabilities carry the labels "
+                             f"of the movies fold {cfg.fold} of {cfg.run_name} is scored on. Retrain the teacher with select='last' and "
+                             f"patience=0 (the defaults)")
+    return fold_dir
+
+def pseudo_targets(cfg: TrainConfig, test_ids, genres: list[str] | None = None) -> np.ndarray:
+    "Soft targets `(len(test_ids), G)` of the test posters `test_ids` in fold `cfg.fold`: the mean over the teachers of their fold `cfg.fold`'s `test_probs.csv` (genres: the first teacher's by default)."
+    test_ids, targets = np.asarray(test_ids, np.int64), []
+    for teacher in teacher_runs(cfg):
+        path = teacher_fold(cfg, teacher) / TEST_FILE
+        table = read_run_csv(path, ('id',), advice=f'retrain fold {cfg.fold} of {teacher} with -p overwrite True')
+        genres = list(table.columns[1:]) if genres is None else genres
+        if list(table.columns[1:]) != list(genres):
+            raise ValueError(f'{path} predicts the genres {list(table.columns[1:])}, but fold {cfg.fold} of {cfg.run_name} learns '
+                             f'{list(genres)}: was teacher {teacher} trained on other data? Name a teacher trained on {cfg.data_dir}')
+        missing, other = np.setdiff1d(test_ids, table['id']), np.setdiff1d(table['id'], test_ids)
+        if len(missing) or len(other) or not table['id'].is_unique or table.isna().any().any():
+            raise ValueError(f'{path} does not hold one probability per test poster that fold {cfg.fold} of {cfg.run_name} loads from '
+                             f'{project_path(cfg.data_dir) / "test.csv"} ({len(missing)} of those missing, {len(other)} others, repeated '
+                             f'or empty rows): was teacher {teacher} trained on other data, or a changed test.csv? Retrain its fold '
+                             f'{cfg.fold} on this data (-p data_dir ... -p overwrite True)')
+        targets.append(table.set_index('id').loc[test_ids, genres].to_numpy(np.float32))
+    return np.mean(targets, axis=0, dtype=np.float32)
+
+def _split_of(run_dir: Path) -> pd.DataFrame:
+    return read_run_csv(run_dir / FOLDS_FILE, ('id', 'fold'), advice="it is the teacher's split: restore it, or retrain the teacher"
+                        )[['id', 'fold']].sort_values('id', ignore_index=True)
+
+def check_pseudo(cfg: TrainConfig):
+    "Refuse pseudo-labels that are not fold-clean, without reading a poster: see above."
+    test_csv = project_path(cfg.data_dir) / 'test.csv'
+    if not test_csv.is_file():
+        raise FileNotFoundError(f'pseudo={cfg.pseudo!r} adds the test posters of the data to fold {cfg.fold} of {cfg.run_name}, but '
+                                f'there is no {test_csv}: put the unlabelled posters there (the layout of train.csv, without genres), '
+                                f'or train without -p pseudo')
+    teachers = teacher_runs(cfg)
+    if cfg.run_name in teachers:
+        raise ValueError(f'run {cfg.run_name} cannot be its own teacher (pseudo={cfg.pseudo!r}): name another run, trained first')
+    own = run_path(cfg.run_name, cfg.runs_dir) / FOLDS_FILE
+    split = _split_of(own.parent) if own.is_file() else None
+    split_of = f'run {cfg.run_name}' if split is not None else None
+    skipped = set()
+    for teacher in teachers:
+        fold_dir = teacher_fold(cfg, teacher)
+        theirs = _split_of(fold_dir.parent)
+        if split is None:  # the run adopts this split: it must be the one -p folds and -p fold_seed ask for
+            made = read_run_json(fold_dir.parent / SPLIT_FILE) if (fold_dir.parent / SPLIT_FILE).is_file() else {}
+            n, seed = theirs['fold'].nunique(), made.get('fold_seed', cfg.fold_seed)
+            if (n, seed) != (cfg.folds, cfg.fold_seed):
+                raise ValueError(f'teacher {teacher} was trained on a split of {n} folds (fold_seed {seed}), {cfg.run_name} asks for '
+                                 f'{cfg.folds} (fold_seed {cfg.fold_seed}); its fold k must never have seen fold k\'s validation movies, '
+                                 f'so {cfg.run_name} takes the teacher\'s split: train it with -p folds {n} -p fold_seed {seed}')
+            split, split_of = theirs, f'teacher {teacher}'
+        elif not theirs.equals(split):
+            raise ValueError(f'{fold_dir.parent / FOLDS_FILE} is another split than that of {split_of}: fold {cfg.fold} of teacher '
+                             f'{teacher} trained on some of the movies fold {cfg.fold} of {cfg.run_name} is scored on. Use teachers of '
+                             f'the same split (same data, folds and fold_seed), or a new run name (a new run takes its teacher\'s split)')
+        skipped |= set(skipped_ids(fold_dir.parent, 'test', [cfg.fold]))  # posters the teacher could not read (on_bad='skip')
+    ids = pd.to_numeric(read_csv(test_csv, usecols=['id'])['id'], errors='coerce').dropna().astype(np.int64)
+    pseudo_targets(cfg, ids[~ids.isin(skipped)].to_numpy())
+
+def adopt_teacher_split(cfg: TrainConfig):
+    "Give the run its first teacher's split (`folds.csv`, `split.json`) when it has none yet (`check_pseudo` checked they agree)."
+    own, teacher = run_path(cfg.run_name, cfg.runs_dir), run_path(teacher_runs(cfg)[0], cfg.runs_dir)
+    own.mkdir(parents=True, exist_ok=True)
+    with FileLock(own / f'.{FOLDS_FILE}.lock', timeout=600):  # load_or_make_folds' lock: another fold may be making the split
+        if (own / FOLDS_FILE).is_file(): return
+        for name in (SPLIT_FILE, FOLDS_FILE):  # folds.csv last: its presence means the split is whole
+            if (teacher / name).is_file(): write_atomic(own / name, (teacher / name).read_text())
+
+
+# %% ../nbs/03b_training.ipynb #d861e8c3
+class PseudoLabelled(torch.utils.data.Dataset):
+    "A fold's training rows `labelled` (weight 1) followed by the pseudo-labelled test posters `pseudo` (weight `weight`); batches carry a per-row `weight`."
+    def __init__(self, labelled: MovieDataset, pseudo: MovieDataset, weight: float):
+        self.labelled, self.pseudo, self.weight = labelled, pseudo, weight
+    def __len__(self): return len(self.labelled) + len(self.pseudo)
+    def __getitem__(self, key):
+        if isinstance(key, tuple): return self.batch(*key)
+        return {name: value[0] for name, value in self.batch([key]).items()}
+    def batch(self, positions, seed: int | None = None) -> dict:
+        "The rows at `positions` (labelled ones first) as one batch, as `MovieDataset.batch` makes it, with `weight`."
+        positions, parts = np.asarray(positions, dtype=np.int64), []
+        labelled = positions < len(self.labelled)
+        for i, (dataset, here, weight) in enumerate(((self.labelled, positions[labelled], 1.0),
+                                                     (self.pseudo, positions[~labelled] - len(self.labelled), self.weight))):
+            if not len(here): continue
+            batch = dataset.batch(here, None if seed is None else seed + i)  # + i: the two parts draw different augmentations
+            parts.append({**batch, 'weight': torch.full((len(here),), float(weight))})
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+def with_pseudo_labels(cfg: TrainConfig, train_ds: MovieDataset, test: MovieData | None) -> PseudoLabelled:
+    "Fold `cfg.fold`'s training set `train_ds` and the test posters `test`, soft-labelled by the teachers' fold `cfg.fold` (`pseudo_targets`)."
+    if test is None: raise FileNotFoundError(f'pseudo={cfg.pseudo!r} needs the test posters of {cfg.data_dir} (test.csv)')
+    targets = pseudo_targets(cfg, test.ids, test.genres)
+    pseudo = MovieDataset(replace(test, labels=targets), transform=train_ds.transform,
+                          text_buckets=cfg.text_buckets if cfg.uses_title_text else None)
+    return PseudoLabelled(train_ds, pseudo, cfg.pseudo_weight)
+
 
 # %% ../nbs/03b_training.ipynb #a9e0f002
 class Progress:
@@ -259,6 +398,7 @@ def check_fold(cfg: TrainConfig, retrained=()):
     split_csv(cfg.data_dir, 'train')
     if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
     if cfg.overwrite or not (cfg.fold_dir / LAST_FILE).exists(): check_backbone(cfg)  # a resumed fold has its weights in last.pt
+    if cfg.pseudo: check_pseudo(cfg)
     if cfg.overwrite and not retrained: return  # one fold trained afresh (papermill, Python): the report names folds that differ
     if not cfg.overwrite and (cfg.fold_dir / LAST_FILE).exists(): resume_state(cfg); return
     recorded = run_config(cfg.fold_dir.parent, but=(cfg.fold, *retrained))  # the driver retrains `retrained` together
@@ -298,9 +438,11 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     if test is None and (project_path(cfg.data_dir) / 'test.csv').exists():
         test = load_split(cfg.data_dir, 'test', cfg.image_size, cfg.aspect, cfg.on_bad, out, genres=data.genres,
                           year_fill=data.year_fill)
+    if cfg.pseudo: adopt_teacher_split(cfg)
     folds = load_or_make_folds(out.parent / FOLDS_FILE, data, cfg.folds, cfg.fold_seed)
 
     train_ds, valid_ds = fold_datasets(cfg, data, folds)
+    if cfg.pseudo: train_ds = with_pseudo_labels(cfg, train_ds, test)
     cuda = runtime.device.type == 'cuda'
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if cuda else 0)
     train_dl = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=workers,
