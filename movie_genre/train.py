@@ -27,8 +27,7 @@ from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
 from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
                               SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
-                              same_setting, write_atomic)
-from .runs import SPLIT_FILE, fold_status, read_run_csv, run_path, skipped_ids
+                              read_run_csv, run_path, same_setting, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
 
 # %% auto #0
 __all__ = ['NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda',
