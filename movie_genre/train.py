@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, PRETRAIN_FILE, check_backbone, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, PRETRAIN_FILE, check_backbone, file_digest, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
                               project_path, read_csv, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
@@ -389,14 +389,14 @@ def with_run_settings(params: dict) -> dict:
     return {**{n: v for n, v in recorded[1].items() if n in inherited}, **params}
 
 def check_fold(cfg: TrainConfig, retrained=()):
-    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: a pretraining's folder, its data's CSV files, a backbone (`init`) that is absent or does not fit, a refused resume, a new fold unlike the run's others (but the folds `retrained` with it)."
+    "Refuse at once, without reading a poster, a fold that would fail or mix recipes: a pretraining's folder, its data's CSV files, a backbone (`init`) that is absent, does not fit, or is other content than the run's other folds started from, a refused resume, a new fold unlike the run's others (but the folds `retrained` with it)."
     if is_pretraining(cfg.fold_dir.parent):
         raise ValueError(f'{cfg.fold_dir.parent} is a pretraining (it holds {PRETRAIN_FILE}), not a training run: train under another '
                          f'run name; to start from its backbone, add -p init {cfg.run_name}')
     if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
     split_csv(cfg.data_dir, 'train')
     if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
-    if cfg.overwrite or not (cfg.fold_dir / LAST_FILE).exists(): check_backbone(cfg)  # a resumed fold has its weights in last.pt
+    backbone = check_backbone(cfg) if cfg.overwrite or not (cfg.fold_dir / LAST_FILE).exists() else None  # a resumed fold has its weights in last.pt
     if cfg.pseudo: check_pseudo(cfg)
     if cfg.overwrite and not retrained: return  # one fold trained afresh (papermill, Python): the report names folds that differ
     if not cfg.overwrite and (cfg.fold_dir / LAST_FILE).exists(): resume_state(cfg); return
@@ -406,6 +406,13 @@ def check_fold(cfg: TrainConfig, retrained=()):
         raise ValueError(f'fold {cfg.fold} would join run {cfg.run_name} with other settings than its fold {recorded[0]} has: '
                          f'{describe_changes(changes)}. Train it with the run\'s settings (movie-genre train uses them for every '
                          f'setting no -p names), or under a new run name.')
+    environment = cfg.fold_dir.parent / f'fold{recorded[0]}' / ENVIRONMENT_FILE if backbone and recorded else None
+    started = read_run_json(environment).get('backbone') if environment and environment.is_file() else None
+    if started and started['sha256'] != (now := file_digest(backbone['path'])):  # the same name, other weights: pretrained further or again
+        raise ValueError(f'fold {cfg.fold} would start from {backbone["path"]} as it is now (sha256 {now[:12]}), but fold {recorded[0]} '
+                         f'of run {cfg.run_name} started from other content of it (sha256 {started["sha256"][:12]}): pretraining '
+                         f'{cfg.init} was continued or redone since. Train under a new run name, or retrain every fold of the run '
+                         f'(movie-genre train --run-name {cfg.run_name} -p overwrite True)')
 
 # %% ../nbs/03b_training.ipynb #67a0c83b
 def initial_model(cfg: TrainConfig, n_genres: int, title_len: int, title_dim: int, with_backbone: bool = True) -> tuple:

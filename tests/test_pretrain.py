@@ -78,6 +78,21 @@ def test_a_backbone_that_does_not_fit_is_refused_before_training(demo, tmp_path)
     assert not (runs / 'r' / 'fold1').exists()
 
 
+def test_a_new_fold_refuses_a_backbone_changed_since_the_run_s_first_fold(demo, tmp_path):
+    "A pretraining continued (more epochs) or redone after fold 1 started rewrites backbone.pt: fold 2 must not silently start from other weights."
+    runs = tmp_path / 'runs'
+    fake_backbone(runs)
+    run = dict(data_dir=str(demo), runs_dir=str(runs), run_name='r', folds=2, epochs=1, batch_size=8, device='cpu', amp=False, init='bb', **SMALL)
+    train_fold(TrainConfig(**run, fold=1))
+    check_fold(TrainConfig(**run, fold=2))  # the same backbone: fine
+    encoder = fake_backbone(runs)
+    with torch.no_grad(): next(encoder.parameters()).add_(1.0)
+    save_backbone(runs / 'bb' / BACKBONE_FILE, encoder, {'arch': 'resnet', **SMALL, 'method': 'simclr', 'epochs': 2}, 'digest', 30)
+    with pytest.raises(ValueError, match=r"fold 1 of run r started from other content.*new run name.*overwrite True"):
+        check_fold(TrainConfig(**run, fold=2))
+    check_fold(TrainConfig(**run, fold=2), retrained=(1,))  # every fold retrained together: they all start from the new one
+
+
 def tiny_pretraining(data, tmp_path, **settings) -> 'PretrainConfig':
     from movie_genre.pretrain import PretrainConfig
     return PretrainConfig(**{'name': 'pt', 'data_dir': str(data), 'runs_dir': str(tmp_path / 'runs'), 'reports_dir': str(tmp_path / 'reports'),
