@@ -277,7 +277,8 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
         save_checkpoint(out / LAST_FILE, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict(), epoch=epoch, config=asdict(cfg), posters_digest=digest, posters=count)
         print(f'{name} epoch {epoch + 1:3d}/{cfg.epochs}  loss {rows[-1]["loss"]:.4f}  {seconds:.0f}s {rows[-1]["images_per_s"]:.0f} img/s', flush=True)
-    save_backbone(out / BACKBONE_FILE, model.encoder, asdict(cfg), digest, count)
+    if start < cfg.epochs or not (out / BACKBONE_FILE).is_file():  # a finished rerun leaves it as is: runs record its sha256
+        save_backbone(out / BACKBONE_FILE, model.encoder, asdict(cfg), digest, count)
     write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, {**stretch, 'to_epoch': len(rows)}), indent=1))
     summary = pd.DataFrame(rows)
     figure = project_path(cfg.reports_dir) / cfg.name / 'pretrain_loss.png'

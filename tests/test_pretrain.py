@@ -126,6 +126,9 @@ def test_a_rerun_continues_from_last_pt_and_names_are_not_shared(demo, tmp_path,
     assert 'resuming pretrain pt at epoch 2' in capsys.readouterr().out
     assert list(second['epoch']) == [1, 2] and second['loss'].iloc[0] == first['loss'].iloc[0]
     assert load_checkpoint(tmp_path / 'runs' / 'pt' / BACKBONE_FILE)['config']['epochs'] == 2
+    digest = file_digest(tmp_path / 'runs' / 'pt' / BACKBONE_FILE)  # what the runs started from it recorded
+    pretrain(tiny_pretraining(demo, tmp_path, epochs=2, threads=1))  # finished, another thread count: nothing to do
+    assert file_digest(tmp_path / 'runs' / 'pt' / BACKBONE_FILE) == digest, 'a rerun with nothing to do rewrote backbone.pt'
     with pytest.raises(ValueError, match=r"lr 0\.01 \(was 0\.002\)"): pretrain(tiny_pretraining(demo, tmp_path, epochs=3, lr=0.01))
     with pytest.raises(ValueError, match='is a pretraining.*-p init pt'):
         check_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='pt', folds=2))
