@@ -206,6 +206,9 @@ def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
     ensembles = project_path(cfg.runs_dir) / 'ensembles'  # ensemble.ENSEMBLES_DIR (a later module)
     if run_dir.parent == ensembles or (not run_dir.is_dir() and (ensembles / teacher).is_dir()):
         raise ValueError(f'pseudo names {teacher!r}, an ensemble of {ensembles}: {NO_FITTED_TEACHER}')
+    if is_pretraining(run_dir):
+        raise ValueError(f'pseudo names {teacher!r}, a pretraining in {run_dir.parent} (a backbone, with no fold to teach): name a '
+                         f'trained run; to start from its backbone, use -p init {teacher}')
     if not run_dir.is_dir():
         raise FileNotFoundError(f'pseudo names run {teacher!r}, but there is no {run_dir}: train the teacher first, or name a run of {run_dir.parent}')
     fold_dir = run_dir / f'fold{cfg.fold}'

@@ -115,6 +115,9 @@ def test_pseudo_labels_that_could_leak_are_refused_before_anything_runs(demo, tr
     refused(tiny(demo, trained, 'x', pseudo='teacher+student-stacked'), ValueError, 'fitted ensemble', 'member runs')
     refused(tiny(demo, trained, 'x', pseudo='ensembles/teacher+student-stacked'), ValueError, 'fitted ensemble')
     shutil.rmtree(trained / 'ensembles')
+    (trained / 'pt').mkdir(); (trained / 'pt' / 'pretrain.json').write_text('{}')  # a pretraining: a backbone, no fold to teach
+    refused(tiny(demo, trained, 'x', pseudo='pt'), ValueError, "'pt', a pretraining", '-p init pt')
+    shutil.rmtree(trained / 'pt')
 
     for name, damage in (('unfinished', lambda fold: (fold / OOF_FILE).unlink()), ('missing', shutil.rmtree),
                          ('untested', lambda fold: (fold / TEST_FILE).unlink())):
