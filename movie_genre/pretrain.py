@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from .device import Runtime
 from .model import ARCHS, NormalizePosters, parse_depths, poster_encoder
 from .runs import (ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, SUMMARY_FILE, fold_lock, fold_numbers, same_setting,
                               write_atomic)
-from .train import (Progress, describe_changes, environment_history, lr_lambda, make_optimizer, restore_scaler,
+from .train import (Progress, describe_changes, environment_history, environment_stretch, lr_lambda, make_optimizer, restore_scaler,
                                seed_everything)
 
 # %% auto #0
@@ -207,11 +206,6 @@ def pretrain(cfg: PretrainConfig) -> pd.DataFrame:
         state = check_pretrain(cfg)  # again: another process may have moved it on meanwhile
         return _pretrain(cfg, state)
 
-def _environment(runtime: Runtime, cfg: PretrainConfig, start: int) -> dict:
-    return dict(from_epoch=start + 1, device=str(runtime.device), runtime=runtime.describe(), autocast=str(runtime.dtype).removeprefix('torch.'),
-                threads=runtime.threads, torch=torch.__version__, cuda=torch.version.cuda, host=socket.gethostname(),
-                started=time.strftime('%Y-%m-%d %H:%M:%S'), settings={n: getattr(cfg, n) for n in PRETRAIN_RESUMABLE})
-
 def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
     out, name = cfg.folder, f'pretrain {cfg.name}'
     if cfg.overwrite:
@@ -243,7 +237,7 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
         print(f'resuming {name} at epoch {start + 1}' if start < cfg.epochs else f'{name} is finished; a rerun with more -p epochs continues it', flush=True)
     try: previous = json.loads((out / ENVIRONMENT_FILE).read_text())
     except (OSError, ValueError): previous = None
-    stretch = _environment(runtime, cfg, start)
+    stretch = environment_stretch(runtime, cfg, start, PRETRAIN_RESUMABLE)
     write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, stretch), indent=1))
 
     def to_device(images):

@@ -34,7 +34,8 @@ __all__ = ['NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything'
            'make_optimizer', 'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets', 'teacher_runs',
            'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split', 'PseudoLabelled',
            'with_pseudo_labels', 'Progress', 'config_changes', 'describe_changes', 'resume_state',
-           'environment_history', 'run_config', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold']
+           'environment_history', 'run_config', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold',
+           'environment_stretch']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
 @dataclass
@@ -481,7 +482,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         print(f'resuming {name} at epoch {start}' + (f', with {describe_changes(applied)}' if applied else ''), flush=True)
     try: previous = json.loads((out / ENVIRONMENT_FILE).read_text())
     except (OSError, ValueError): previous = None  # none yet, or damaged: the history starts again
-    stretch = {**_environment(runtime, cfg, start), **({'backbone': backbone} if backbone else {})}  # which backbone content (sha256)
+    stretch = {**environment_stretch(runtime, cfg, start), **({'backbone': backbone} if backbone else {})}  # which backbone content (sha256)
     write_atomic(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=1))
     write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, stretch), indent=1))
 
@@ -533,11 +534,11 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, {**stretch, 'to_epoch': len(rows)}), indent=1))
     return _finish(cfg, out, model, valid_dl, test, data.genres, runtime, rows)
 
-def _environment(runtime: Runtime, cfg: TrainConfig, start: int) -> dict:
-    "The stretch of the fold's epochs that starts after `start` of them: the resolved device and precision, threads, torch, host, and its `RESUMABLE` settings."
+def environment_stretch(runtime: Runtime, cfg, start: int, resumable=RESUMABLE) -> dict:
+    "The stretch of a fold's (or a pretraining's) epochs that starts after `start` of them: the resolved device and precision, threads, torch, host, and the `resumable` settings of `cfg` it was given."
     return dict(from_epoch=start + 1, device=str(runtime.device), runtime=runtime.describe(), autocast=str(runtime.dtype).removeprefix('torch.'),
                 threads=runtime.threads, torch=torch.__version__, cuda=torch.version.cuda, host=socket.gethostname(),
-                started=time.strftime('%Y-%m-%d %H:%M:%S'), settings={n: getattr(cfg, n) for n in RESUMABLE})
+                started=time.strftime('%Y-%m-%d %H:%M:%S'), settings={n: getattr(cfg, n) for n in resumable})
 
 def _finish(cfg, out, model, valid_dl, test, genres, runtime, rows) -> dict:
     "Predict the test split and the validation fold with the weights of `model.pt`; `oof.csv`, written last, marks the fold finished."
