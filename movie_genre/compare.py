@@ -14,7 +14,7 @@ import pandas as pd
 from .checkpoints import BACKBONE_FILE, PRETRAIN_FILE, is_pretraining
 from .data import project_path
 from .ensemble import ENSEMBLES_DIR, load_any
-from .evaluate import _save, evaluate, markdown_table, unlabelled_posters
+from .evaluate import _save, evaluate, markdown_table, unlabelled_use_of_run
 from .metrics import distinct_colours
 from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
 
@@ -71,7 +71,7 @@ def compare_runs(names: list[str], runs_dir='runs', out_dir='reports/compare', m
         total = len(run.finished) + len(run.missing)
         rows.append({'run': run.name, 'micro': crossed['micro'], 'macro': crossed['macro'], 'samples': crossed['samples'],
                      'estimate': estimate_kind(run), 'folds': f'{len(run.finished)} of {total}', **_cost(run),
-                     'unlabelled posters': unlabelled_posters(run)})
+                     'unlabelled posters': unlabelled_use_of_run(run)})
         genres.append(ev.genre_scores[['f1', 'ap']].assign(run=run.name).reset_index())
     table = pd.DataFrame(rows).set_index('run')
     per_genre = pd.concat(genres, ignore_index=True)

@@ -26,7 +26,7 @@ from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, TEST_FILE, THRESHOLDS_FI
 # %% auto #0
 __all__ = ['FIGURES', 'IN_SAMPLE', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
            'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'predict_test_split',
-           'make_submission', 'tta_comparison', 'markdown_table', 'unlabelled_use', 'unlabelled_posters',
+           'make_submission', 'tta_comparison', 'markdown_table', 'unlabelled_use', 'unlabelled_use_of_run',
            'write_report', 'EvaluateConfig', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
@@ -290,7 +290,7 @@ def unlabelled_use(config: dict, test_posters: int | None = None) -> str:
     if config.get('init'): used.append(f"init: backbone pretrained as {config['init']}")
     return '; '.join(used) or 'none'
 
-def unlabelled_posters(run: RunResult) -> str:
+def unlabelled_use_of_run(run: RunResult) -> str:
     "`unlabelled_use` of a run, or of each member of an ensemble that used unlabelled posters."
     if 'members' not in run.config: return unlabelled_use(run.config, None if run.test_probs is None else len(run.test_probs))
     runs_dir, used = run.run_dir.parent.parent, []  # an ensemble's folder is <runs_dir>/ensembles/<name>
@@ -370,7 +370,7 @@ Folds used: {fold_list(run.finished)} of {len(run.finished) + len(run.missing)} 
 Thresholds: one per genre, tuned for **{ev.metric} F1** on the pooled out-of-fold probabilities; at most
 {run.max_genres} genres per movie, and always the most probable one. {_model_sentence(run)}
 
-Unlabelled posters: {unlabelled_posters(run)}.
+Unlabelled posters: {unlabelled_use_of_run(run)}.
 
 ## Scores: fixed versus tuned thresholds
 

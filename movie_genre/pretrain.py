@@ -33,7 +33,7 @@ from .train import (Progress, describe_changes, environment_history, environment
 
 # %% auto #0
 __all__ = ['METHODS', 'PRETRAIN_RESUMABLE', 'PRETRAIN_OUTPUTS', 'PretrainConfig', 'PretrainNet', 'nt_xent', 'vicreg_loss',
-           'ssl_loss', 'PosterViews', 'unlabelled_posters', 'posters_digest', 'check_pretrain', 'plot_pretrain_loss',
+           'ssl_loss', 'PosterViews', 'poster_splits', 'posters_digest', 'check_pretrain', 'plot_pretrain_loss',
            'pretrain']
 
 # %% ../nbs/03e_pretrain.ipynb #00481926
@@ -150,7 +150,7 @@ class PosterViews(torch.utils.data.Dataset):
                                        for s in range(len(datasets)) if (part == s).any()])
                 for v, datasets in enumerate(self.views, 1)}
 
-def unlabelled_posters(cfg: PretrainConfig) -> list[MovieData]:
+def poster_splits(cfg: PretrainConfig) -> list[MovieData]:
     "The posters of `cfg.data_dir`'s train.csv and, when there is one, test.csv, validated by `load_split` without reading a genre."
     splits = [load_split(cfg.data_dir, 'train', cfg.image_size, cfg.aspect, cfg.on_bad, cfg.folder, labels=False)]
     if (project_path(cfg.data_dir) / 'test.csv').is_file():
@@ -213,7 +213,7 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
     write_atomic(out / PRETRAIN_FILE, json.dumps(asdict(cfg), indent=1))
     runtime = Runtime.choose(cfg.device, cfg.amp, cfg.amp_dtype, cfg.channels_last, cfg.threads)
     print(f'{name}: {cfg.method} on {runtime.describe()}', flush=True)
-    splits = unlabelled_posters(cfg)
+    splits = poster_splits(cfg)
     digest, count = posters_digest(splits), sum(len(s) for s in splits)
     if state is not None and state['posters_digest'] != digest:
         raise ValueError(f'{name} was started on other posters (digest {state["posters_digest"]}, now {digest}, {count} posters of '
