@@ -208,9 +208,6 @@ def pretrain(cfg: PretrainConfig) -> pd.DataFrame:
 
 def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
     out, name = cfg.folder, f'pretrain {cfg.name}'
-    if cfg.overwrite:
-        for file in PRETRAIN_OUTPUTS: (out / file).unlink(missing_ok=True)
-    write_atomic(out / PRETRAIN_FILE, json.dumps(asdict(cfg), indent=1))
     runtime = Runtime.choose(cfg.device, cfg.amp, cfg.amp_dtype, cfg.channels_last, cfg.threads)
     print(f'{name}: {cfg.method} on {runtime.describe()}', flush=True)
     splits = poster_splits(cfg)
@@ -218,6 +215,9 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
     if state is not None and state['posters_digest'] != digest:
         raise ValueError(f'{name} was started on other posters (digest {state["posters_digest"]}, now {digest}, {count} posters of '
                          f'{cfg.data_dir}): continue it on its own data, or start again with -p overwrite True')
+    if cfg.overwrite:  # only now that the posters are read and fit: bad input loses nothing
+        for file in PRETRAIN_OUTPUTS: (out / file).unlink(missing_ok=True)
+    write_atomic(out / PRETRAIN_FILE, json.dumps(asdict(cfg), indent=1))
     views = PosterViews(splits, *splits[0].images.shape[1:3])
     cuda = runtime.device.type == 'cuda'
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if cuda else 0)

@@ -158,3 +158,14 @@ def test_the_pretrain_notebooks_parameters_cell_holds_the_config_defaults():
     defaults = {f.name: f.default for f in fields(PretrainConfig)}
     assert {'name', 'data_dir', 'method', 'epochs', 'batch_size', 'arch', 'width', 'depths'} <= set(values)
     assert {k: defaults[k] for k in values} == values
+
+
+def test_a_refused_rerun_on_other_posters_leaves_pretrain_json_as_it_was(demo, tmp_path):
+    "The 'other posters' refusal comes before pretrain.json is written: it still holds the config the pretraining was made with."
+    from movie_genre.pretrain import pretrain
+    cfg = tiny_pretraining(demo, tmp_path)
+    pretrain(cfg)
+    recorded = (cfg.folder / 'pretrain.json').read_text()
+    other = make_demo(tmp_path / 'other', n_train=20, n_test=4)
+    with pytest.raises(ValueError, match='other posters'): pretrain(tiny_pretraining(other, tmp_path, epochs=2))
+    assert (cfg.folder / 'pretrain.json').read_text() == recorded
