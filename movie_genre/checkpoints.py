@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .data import project_path
+from .runs import LOGS_DIR
 from .model import parse_depths, poster_encoder
 
 # %% auto #0
@@ -46,7 +47,9 @@ BACKBONE_FILE = 'backbone.pt'    # a pretraining's poster network, in <runs_dir>
 PRETRAIN_FILE = 'pretrain.json'  # a pretraining's config: the folder is a pretraining, not a training run
 BACKBONE_SETTINGS = ('arch', 'width', 'depths')  # what a run's poster network must share with its backbone
 
-def is_pretraining(folder) -> bool: return (Path(folder) / PRETRAIN_FILE).is_file()
+def is_pretraining(folder) -> bool:
+    "A pretraining's folder: it holds `pretrain.json`, or only the `logs/` of a `movie-genre pretrain` whose notebook failed before writing it (a training run keeps its logs in its fold folders)."
+    return (Path(folder) / PRETRAIN_FILE).is_file() or (Path(folder) / LOGS_DIR).is_dir()
 
 def file_digest(path) -> str:
     "The sha256 of a file's bytes: which content a checkpoint was, whatever its name or folder."

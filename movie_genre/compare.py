@@ -16,7 +16,7 @@ from .data import project_path
 from .ensemble import ENSEMBLES_DIR, load_any
 from .evaluate import _save, evaluate, markdown_table, unlabelled_use_of_run
 from .metrics import distinct_colours
-from .runs import CONFIG_FILE, FOLDS_FILE, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
+from .runs import CONFIG_FILE, FOLDS_FILE, LOGS_DIR, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
 
 # %% auto #0
 __all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'estimate_kind', 'compare_runs', 'plot_genre_f1',
@@ -161,7 +161,10 @@ class CompareConfig(FlatConfig):
 
 # %% ../nbs/05a_comparison.ipynb #76c33818
 def _pretraining_row(folder: Path) -> dict:
-    "A pretraining's line in `list_runs`: its method, epochs done of planned, and whether its backbone is there."
+    "A pretraining's line in `list_runs`: its method, epochs done of planned, and whether its backbone is there (or that it never started, and its log)."
+    if not (folder / PRETRAIN_FILE).is_file():  # movie-genre pretrain made logs/, then its notebook failed before the pretraining began
+        logs = sorted((folder / LOGS_DIR).glob('attempt-*.log'), key=lambda log: log.stat().st_mtime)
+        return {'run': folder.name, 'kind': 'pretraining', 'folds': '-', 'status': f"not started: {logs[-1] if logs else 'no log'}"}
     config, summary = json.loads((folder / PRETRAIN_FILE).read_text()), folder / 'summary.csv'
     done = len(pd.read_csv(summary)) if summary.is_file() else 0
     ready = (folder / BACKBONE_FILE).is_file()

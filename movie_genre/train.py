@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, PRETRAIN_FILE, check_backbone, file_digest, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, check_backbone, file_digest, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
                               project_path, read_csv, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
@@ -395,7 +395,7 @@ def with_run_settings(params: dict) -> dict:
 def check_fold(cfg: TrainConfig, retrained=()):
     "Refuse at once, without reading a poster, a fold that would fail or mix recipes: a pretraining's folder, its data's CSV files, a backbone (`init`) that is absent, does not fit, or is other content than the run's other folds started from, a refused resume, a new fold unlike the run's others (but the folds `retrained` with it)."
     if is_pretraining(cfg.fold_dir.parent):
-        raise ValueError(f'{cfg.fold_dir.parent} is a pretraining (it holds {PRETRAIN_FILE}), not a training run: train under another '
+        raise ValueError(f'{cfg.fold_dir.parent} is a pretraining (movie-genre pretrain made it), not a training run: train under another '
                          f'run name; to start from its backbone, add -p init {cfg.run_name}')
     if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
     split_csv(cfg.data_dir, 'train')

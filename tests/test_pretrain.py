@@ -169,3 +169,17 @@ def test_a_refused_rerun_on_other_posters_leaves_pretrain_json_as_it_was(demo, t
     other = make_demo(tmp_path / 'other', n_train=20, n_test=4)
     with pytest.raises(ValueError, match='other posters'): pretrain(tiny_pretraining(other, tmp_path, epochs=2))
     assert (cfg.folder / 'pretrain.json').read_text() == recorded
+
+
+def test_a_pretraining_whose_notebook_fails_to_start_is_listed_as_one(demo, tmp_path, monkeypatch):
+    "movie-genre pretrain makes runs/<name>/logs before its notebook starts; if it fails there, movie-genre runs lists a pretraining not started, with its log."
+    import movie_genre.cli as cli_module
+    from movie_genre.compare import list_runs
+    monkeypatch.setattr(cli_module, '_papermill_command', lambda *args: [sys.executable, '-c', 'raise SystemExit("no kernel")'])
+    with pytest.raises(cli_module.NotebookFailed):
+        cli_module.pretrain_command(dict(name='pt', data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), **SMALL))
+    assert (tmp_path / 'runs' / 'pt' / 'logs').is_dir()
+    row = list_runs(tmp_path / 'runs').loc['pt']
+    assert row['kind'] == 'pretraining' and row['status'].startswith('not started: ') and row['status'].endswith('attempt-1.log'), row
+    with pytest.raises(ValueError, match='is a pretraining'):  # nor does a training run take its name
+        check_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='pt', folds=2))
