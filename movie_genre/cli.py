@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command('pretrain', 'pretrain the poster network, self-supervised, on every poster of the data folder (no label read) through '
                 'nbs/04e_pretrain.ipynb into runs/<name>/backbone.pt; a run starts from it with -p init NAME',
                 epilog='pretraining parameters (-p NAME VALUE):\n' + parameter_help_of('PretrainConfig')
-                       + '\n\nThe same command continues an interrupted pretraining from its last finished epoch, or a finished one with '
-                         'more -p epochs.')
+                       + '\n\nmovie-genre pretrain --name NAME continues an interrupted pretraining from its last finished epoch with the '
+                         'settings it recorded; -p changes only what it names: a finished one continues with more -p epochs.')
     p.add_argument('--name', required=True, help="the pretraining's folder runs/<name>/, and what a run's -p init names")
     _param_option(p, 'a pretraining parameter')
     p = command('evaluate', 'score a run and draw its figures (nbs/05_evaluate.ipynb) into reports/<name>/',
@@ -477,7 +477,8 @@ def compare_command(runs: list[str], metric: str, runs_dir: str, out: Path):
 
 def pretrain_command(params: dict):
     "`movie-genre pretrain`: checked before any process or folder (data, name, resume), then `04e_pretrain.ipynb` in its own process, its progress on the console."
-    from movie_genre.pretrain import PretrainConfig, check_pretrain
+    from movie_genre.pretrain import PretrainConfig, check_pretrain, with_pretrain_settings
+    params = with_pretrain_settings(params)  # a rerun continues the pretraining as it was recorded, but what -p changes
     cfg = PretrainConfig.from_dict(params)
     check_pretrain(cfg)
     notebook, _ = _attempt_files(cfg.folder)

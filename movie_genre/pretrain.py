@@ -32,9 +32,9 @@ from .train import (Progress, describe_changes, environment_history, environment
                                seed_everything)
 
 # %% auto #0
-__all__ = ['METHODS', 'PRETRAIN_RESUMABLE', 'PRETRAIN_OUTPUTS', 'PretrainConfig', 'PretrainNet', 'nt_xent', 'vicreg_loss',
-           'ssl_loss', 'PosterViews', 'poster_splits', 'posters_digest', 'check_pretrain', 'plot_pretrain_loss',
-           'pretrain']
+__all__ = ['METHODS', 'PRETRAIN_RESUMABLE', 'PRETRAIN_OUTPUTS', 'PRETRAIN_MACHINE', 'PretrainConfig', 'PretrainNet', 'nt_xent',
+           'vicreg_loss', 'ssl_loss', 'PosterViews', 'poster_splits', 'posters_digest', 'check_pretrain',
+           'with_pretrain_settings', 'plot_pretrain_loss', 'pretrain']
 
 # %% ../nbs/03e_pretrain.ipynb #00481926
 METHODS = ('simclr', 'vicreg')
@@ -188,6 +188,16 @@ def check_pretrain(cfg: PretrainConfig) -> dict | None:
         raise ValueError(f'{name} has {state["epoch"] + 1} epochs already; -p epochs {cfg.epochs} would throw some away: '
                          f'give {state["epoch"] + 1} (nothing to do) or more, or start again with -p overwrite True')
     return state
+
+# %% ../nbs/03e_pretrain.ipynb #ab780316
+PRETRAIN_MACHINE = ('device', 'amp', 'amp_dtype', 'channels_last', 'threads', 'num_workers')  # this machine's, not the pretraining's
+
+def with_pretrain_settings(params: dict) -> dict:
+    "The user's `params` over the settings recorded in the pretraining's `pretrain.json` (but `PRETRAIN_MACHINE`, `overwrite` and where it is)."
+    recorded = PretrainConfig.from_dict(params).folder / PRETRAIN_FILE
+    if not recorded.is_file(): return dict(params)
+    kept = [n for n in PretrainConfig.parameters() if n not in PRETRAIN_MACHINE + ('name', 'runs_dir', 'overwrite')]
+    return {**{n: v for n, v in json.loads(recorded.read_text()).items() if n in kept}, **params}
 
 # %% ../nbs/03e_pretrain.ipynb #726f7c4a
 def plot_pretrain_loss(summary: pd.DataFrame, cfg: PretrainConfig):

@@ -183,3 +183,15 @@ def test_a_pretraining_whose_notebook_fails_to_start_is_listed_as_one(demo, tmp_
     assert row['kind'] == 'pretraining' and row['status'].startswith('not started: ') and row['status'].endswith('attempt-1.log'), row
     with pytest.raises(ValueError, match='is a pretraining'):  # nor does a training run take its name
         check_fold(TrainConfig(data_dir=str(demo), runs_dir=str(tmp_path / 'runs'), run_name='pt', folds=2))
+
+
+def test_pretrain_command_continues_with_the_recorded_settings(demo, tmp_path, monkeypatch):
+    "movie-genre pretrain --name pt -p epochs 2 continues a finished 1-epoch pretraining with its other settings (width, data...), none repeated."
+    import movie_genre.cli as cli_module
+    from movie_genre.pretrain import pretrain
+    pretrain(tiny_pretraining(demo, tmp_path))
+    given = {}
+    monkeypatch.setattr(cli_module, 'run_notebook', lambda name, output, params, echo=None: given.update(params))
+    cli_module.pretrain_command(dict(name='pt', runs_dir=str(tmp_path / 'runs'), epochs=2))
+    assert given['epochs'] == 2 and given['width'] == 16 and given['image_size'] == 32 and given['batch_size'] == 8, given
+    assert Path(given['data_dir']).resolve() == demo.resolve() and 'device' not in given
