@@ -189,7 +189,7 @@ def check_pretrain(cfg: PretrainConfig) -> dict | None:
                          f'give {state["epoch"] + 1} (nothing to do) or more, or start again with -p overwrite True')
     return state
 
-# %% ../nbs/03e_pretrain.ipynb #ab780316
+# %% ../nbs/03e_pretrain.ipynb #d6e5a335
 PRETRAIN_MACHINE = ('device', 'amp', 'amp_dtype', 'channels_last', 'threads', 'num_workers')  # this machine's, not the pretraining's
 
 def with_pretrain_settings(params: dict) -> dict:
