@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, check_backbone, file_digest, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, backbone_path, check_backbone, file_digest, is_pretraining, load_backbone, load_checkpoint, save_checkpoint
 from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load_split, make_loader,
                               project_path, read_csv, split_csv, train_transforms)
 from .device import Runtime, compile_model, predict_probs
@@ -452,7 +452,11 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     folds = load_or_make_folds(out.parent / FOLDS_FILE, data, cfg.folds, cfg.fold_seed)
 
     train_ds, valid_ds = fold_datasets(cfg, data, folds)
-    if cfg.pseudo: train_ds = with_pseudo_labels(cfg, train_ds, test)
+    if cfg.pseudo:
+        train_ds = with_pseudo_labels(cfg, train_ds, test)
+        teachers = teacher_runs(cfg)
+        print(f'{name}: + {len(train_ds.pseudo):,} test posters soft-labelled by fold {cfg.fold} of {" and ".join(teachers)}'
+              f'{" (their mean)" if len(teachers) > 1 else ""} (weight {cfg.pseudo_weight:g})', flush=True)
     cuda = runtime.device.type == 'cuda'
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if cuda else 0)
     train_dl = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=workers,
@@ -462,6 +466,8 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     state = resume_state(cfg, runtime.device)
     L, D = data.title_vectors.shape[1:]
     model, backbone = initial_model(cfg, len(data.genres), L, D, with_backbone=state is None)
+    if backbone: print(f'{name}: poster network from {backbone_path(cfg.init, cfg.runs_dir)} ({backbone["method"]}, {backbone["epochs"]} epochs, '
+                       f'sha256 {backbone["sha256"][:12]})', flush=True)
     model = runtime.prepare(model)
     step_model = compile_model(model) if cfg.compile else model
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))

@@ -44,7 +44,7 @@ def fake_backbone(runs: Path, name='bb', **settings) -> torch.nn.Module:
     return encoder
 
 
-def test_a_fold_with_init_starts_from_the_backbone_and_records_it(demo, tmp_path, monkeypatch):
+def test_a_fold_with_init_starts_from_the_backbone_and_records_it(demo, tmp_path, monkeypatch, capsys):
     "The model train_fold builds has exactly the backbone's poster weights before its first step; config.json names init, environment.json its content."
     runs = tmp_path / 'runs'
     encoder = fake_backbone(runs)
@@ -63,6 +63,7 @@ def test_a_fold_with_init_starts_from_the_backbone_and_records_it(demo, tmp_path
     recorded = json.loads((cfg.fold_dir / 'environment.json').read_text())['backbone']
     assert recorded['sha256'] == file_digest(runs / 'bb' / BACKBONE_FILE) and recorded['posters'] == 30
     assert load_checkpoint(cfg.fold_dir / 'model.pt')['backbone']['sha256'] == recorded['sha256']
+    assert f"fold 1 of r: poster network from {runs / 'bb' / BACKBONE_FILE} (simclr, 1 epochs, sha256 {recorded['sha256'][:12]})" in capsys.readouterr().out
 
 
 def test_a_backbone_that_does_not_fit_is_refused_before_training(demo, tmp_path):

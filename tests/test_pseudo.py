@@ -56,9 +56,11 @@ def relabelled(demo, where, ids):
     return copy
 
 
-def test_a_student_takes_its_teacher_split_and_trains_the_same_twice(demo, trained):
+def test_a_student_takes_its_teacher_split_and_trains_the_same_twice(demo, trained, capsys):
     assert (trained / 'student' / FOLDS_FILE).read_text() == (trained / 'teacher' / FOLDS_FILE).read_text()
     train_run(demo, trained, 'again', folds=[1], pseudo='teacher')  # CPU determinism: what the honesty test relies on
+    posters = len(pd.read_csv(demo / 'test.csv'))  # the training output says what the fold added
+    assert f'fold 1 of again: + {posters:,} test posters soft-labelled by fold 1 of teacher (weight 0.5)' in capsys.readouterr().out
     pd.testing.assert_frame_equal(oof(trained, 'again', 1), oof(trained, 'student', 1), check_exact=True)
 
 
