@@ -570,4 +570,5 @@ d = { 'settings': { 'branch': 'main',
                                   'movie_genre.tune.trials_table': ('tune.html#trials_table', 'movie_genre/tune.py'),
                                   'movie_genre.tune.tune_command': ('tune.html#tune_command', 'movie_genre/tune.py'),
                                   'movie_genre.tune.tune_worker': ('tune.html#tune_worker', 'movie_genre/tune.py'),
+                                  'movie_genre.tune.worker_sampler': ('tune.html#worker_sampler', 'movie_genre/tune.py'),
                                   'movie_genre.tune.write_report': ('tune.html#write_report', 'movie_genre/tune.py')}}}

@@ -30,9 +30,9 @@ from .train import TrainConfig, config_changes, describe_changes, train_fold
 # %% auto #0
 __all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space', 'suggest',
            'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'data_fingerprint',
-           'protocol', 'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective',
-           'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals', 'start_workers', 'load_study',
-           'trials_table', 'best_recipe', 'recipe_of_study', 'write_report', 'tune_command']
+           'protocol', 'worker_sampler', 'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score',
+           'objective', 'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals', 'start_workers',
+           'load_study', 'trials_table', 'best_recipe', 'recipe_of_study', 'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -153,14 +153,19 @@ def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDi
             'fixed': {k: v for k, v in sorted(fixed.items()) if k not in RESUMABLE},
             'space': {n: optuna.distributions.distribution_to_json(d) for n, d in sorted(space.items())}}
 
-def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
-    "Study `name` in `storage`, created with `protocol_` when new; a worker with another protocol is refused, naming the differences."
+def worker_sampler(seed: int | None, trials_before: int) -> optuna.samplers.TPESampler:
+    "The TPE sampler of a worker that joins a study holding `trials_before` trials: `seed` and that count seed it, so a worker that rejoins with its `--seed` draws new recipes, and a new study with that seed the same ones."
+    mixed = None if seed is None else int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # liar: parallel workers do not all try one promising point
+        return optuna.samplers.TPESampler(seed=mixed, constant_liar=True)  # liar: parallel workers do not all try one promising point
+
+def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
+    "Study `name` in `storage`, created with `protocol_` when new; a worker with another protocol is refused, naming the differences."
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4)
-    study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat), sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat), pruner=pruner,
                                 direction='maximize', load_if_exists=True)
+    study.sampler = worker_sampler(seed, len(study.get_trials(deepcopy=False)))
     recorded = study.user_attrs.get('protocol')
     if recorded is None: study.set_user_attr('protocol', protocol_); return study
     differences = [f'{k}: the study has {recorded.get(k)!r}, this worker {v!r}' for k, v in protocol_.items() if recorded.get(k) != v]
