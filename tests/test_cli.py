@@ -244,7 +244,8 @@ import os, signal, subprocess, sys, threading, time
 from pathlib import Path
 import psutil
 from movie_genre import cli
-if sys.argv[1] == 'nohup': signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup movie-genre ...` starts it
+# as `nohup movie-genre ...` starts it, or a terminal (whatever the test suite itself was started under: nohup, setsid, CI)
+signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == 'nohup' else signal.SIG_DFL)
 log, started, real_popen = Path(sys.argv[2]), [], subprocess.Popen
 class Popen(real_popen):
     def __init__(self, *args, **kwargs):
