@@ -26,9 +26,9 @@ from .config import FlatConfig
 from .data import MovieData, MovieDataset, load_split, make_loader, project_path, split_csv, ssl_transforms
 from .device import Runtime
 from .model import ARCHS, NormalizePosters, parse_depths, poster_encoder
-from .runs import (ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, SUMMARY_FILE, fold_lock, fold_numbers, same_setting,
+from .runs import (ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, SUMMARY_FILE, fold_lock, fold_numbers,
                               write_atomic)
-from .train import (Progress, describe_changes, environment_history, environment_stretch, lr_lambda, make_optimizer, restore_scaler,
+from .train import (Progress, config_changes, describe_changes, environment_history, environment_stretch, lr_lambda, make_optimizer, restore_scaler,
                                seed_everything)
 
 # %% auto #0
@@ -179,8 +179,7 @@ def check_pretrain(cfg: PretrainConfig) -> dict | None:
     if cfg.overwrite or not last.is_file(): return None
     try: state = load_checkpoint(last)
     except CheckpointError as e: raise CheckpointError(f'{e} {name} cannot continue from it: start again with -p overwrite True, or delete {last}') from e
-    changes = {n: (state['config'][n], getattr(cfg, n)) for n in asdict(cfg)
-               if n not in PRETRAIN_RESUMABLE and n in state['config'] and not same_setting(n, state['config'][n], getattr(cfg, n))}
+    changes = config_changes(state['config'], cfg, [n for n in asdict(cfg) if n not in PRETRAIN_RESUMABLE])
     if changes:
         raise ValueError(f'{name} was started with other settings: {describe_changes(changes)}. Continue it with the settings it started '
                          f'with (more epochs are fine), start it again with -p overwrite True, or pretrain under another --name.')
