@@ -285,8 +285,9 @@ def unlabelled_use(config: dict, test_posters: int | None = None) -> str:
     "How a run with `config` learnt from posters without labels: pseudo-labels of `test_posters` test posters (teachers, weight) and a pretrained backbone (`init`); 'none'."
     used = []
     if config.get('pseudo'):
-        used.append(f"pseudo-labels: {test_posters if test_posters is not None else 'the'} test posters, soft-labelled by fold k of "
-                    f"{config['pseudo']} (weight {config.get('pseudo_weight', 0.5):g})")
+        posters = ("fold k's own validation posters (unlabelled)" if config.get('pseudo_posters', 'test') == 'validation'
+                   else f"{test_posters if test_posters is not None else 'the'} test posters")
+        used.append(f"pseudo-labels: {posters}, soft-labelled by fold k of {config['pseudo']} (weight {config.get('pseudo_weight', 0.5):g})")
     if config.get('init'): used.append(f"init: backbone pretrained as {config['init']}")
     return '; '.join(used) or 'none'
 

@@ -30,14 +30,16 @@ from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FIL
                               read_run_csv, run_path, same_setting, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
 
 # %% auto #0
-__all__ = ['NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup', 'lr_lambda',
-           'make_optimizer', 'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets', 'teacher_runs',
-           'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split', 'PseudoLabelled',
+__all__ = ['PSEUDO_SOURCES', 'NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup',
+           'lr_lambda', 'make_optimizer', 'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets',
+           'teacher_runs', 'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split', 'PseudoLabelled',
            'with_pseudo_labels', 'Progress', 'config_changes', 'describe_changes', 'resume_state',
            'environment_history', 'run_config', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold',
            'environment_stretch']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
+PSEUDO_SOURCES = {'test': TEST_FILE, 'validation': OOF_FILE}  # `pseudo_posters`: the teacher fold's file that soft-labels them
+
 @dataclass
 class TrainConfig(ModelConfig):
     "Everything one training fold needs; the defaults are the recommended recipe."
@@ -61,7 +63,8 @@ class TrainConfig(ModelConfig):
     mixup: float = 0.0            # Beta(mixup, mixup) blend of posters, titles and targets; 0 turns it off
     ema: float = 0.0              # decay of an exponential moving average of the weights; 0 turns it off
     augment: bool = True
-    pseudo: str = ''              # run(s), comma-separated, whose fold k soft-labels the test posters added to fold k's training set; '' = off
+    pseudo: str = ''              # run(s), comma-separated, whose fold k soft-labels the unlabelled posters added to fold k's training set; '' = off
+    pseudo_posters: str = 'test'  # those posters: 'test' (test.csv), or 'validation' (fold k's own, unlabelled: the measurable stand-in)
     pseudo_weight: float = 0.5    # weight of a pseudo-labelled poster's loss (a labelled one weighs 1)
     tta: bool = True              # average with horizontally flipped posters when predicting
     metric: str = 'macro'         # the F1 the run's thresholds are tuned for (and that picks the best epoch): 'macro', 'micro' or 'samples'
@@ -86,7 +89,7 @@ class TrainConfig(ModelConfig):
         super().__post_init__()
         choices = dict(loss=('bce', 'asl'), metric=('macro', 'micro', 'samples'), optimizer=('adamw', 'adam'),
                        schedule=('cosine', 'constant'), on_bad=('raise', 'skip'), select=('last', 'best'),
-                       amp_dtype=('auto', 'bf16', 'fp16'))
+                       amp_dtype=('auto', 'bf16', 'fp16'), pseudo_posters=tuple(PSEUDO_SOURCES))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed: raise ValueError(f'{name} must be one of {allowed}, not {getattr(self, name)!r}')
         if not 1 <= self.fold <= self.folds: raise ValueError(f'fold must be in 1..{self.folds}, not {self.fold}')
@@ -194,7 +197,7 @@ def _epoch_scores(labels: np.ndarray, probs: np.ndarray, cfg: TrainConfig) -> di
 
 # %% ../nbs/03b_training.ipynb #d74eef20
 def teacher_runs(cfg: TrainConfig) -> list[str]:
-    "The runs whose fold `cfg.fold` soft-labels the test posters (`cfg.pseudo`, comma-separated); [] when off."
+    "The runs whose fold `cfg.fold` soft-labels the unlabelled posters (`cfg.pseudo`, comma-separated); [] when off."
     return [name.strip() for name in cfg.pseudo.split(',')] if cfg.pseudo.strip() else []
 
 NO_FITTED_TEACHER = ("a fitted ensemble (stacked, or with tuned weights) cannot teach a fold: it was fit on pooled out-of-fold "
@@ -202,7 +205,7 @@ NO_FITTED_TEACHER = ("a fitted ensemble (stacked, or with tuned weights) cannot 
                      "(-p pseudo a,b: the mean of their fold-k models)")
 
 def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
-    "The folder of fold `cfg.fold` of run `teacher`, finished with its test probabilities; else an error saying what to do."
+    "The folder of fold `cfg.fold` of run `teacher`, finished with its probabilities of the `cfg.pseudo_posters`; else an error saying what to do."
     run_dir = run_path(teacher, cfg.runs_dir)
     ensembles = project_path(cfg.runs_dir) / 'ensembles'  # ensemble.ENSEMBLES_DIR (a later module)
     if run_dir.parent == ensembles or (not run_dir.is_dir() and (ensembles / teacher).is_dir()):
@@ -213,11 +216,12 @@ def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f'pseudo names run {teacher!r}, but there is no {run_dir}: train the teacher first, or name a run of {run_dir.parent}')
     fold_dir = run_dir / f'fold{cfg.fold}'
-    if cfg.fold not in finished_folds(run_dir) or not (fold_dir / TEST_FILE).is_file():
+    probs = fold_dir / PSEUDO_SOURCES[cfg.pseudo_posters]
+    if cfg.fold not in finished_folds(run_dir) or not probs.is_file():
         status = fold_status(fold_dir)
         status = 'finished without test probabilities (its data had no test.csv?)' if status == 'finished' else status
         raise FileNotFoundError(f'fold {cfg.fold} of {cfg.run_name} learns from fold {cfg.fold} of teacher run {teacher}, which is '
-                                f'{status}: no {fold_dir / TEST_FILE}. Train it first (movie-genre train --run-name {teacher} '
+                                f'{status}: no {probs}. Train it first (movie-genre train --run-name {teacher} '
                                 f'--folds {cfg.fold}, on this data)')
     config = read_run_json(fold_dir / CONFIG_FILE)
     if config.get('model') != 'tfidf':  # a TF-IDF fold is fitted once: it chose nothing
@@ -229,23 +233,25 @@ def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
                              f"patience=0 (the defaults)")
     return fold_dir
 
-def pseudo_targets(cfg: TrainConfig, test_ids, genres: list[str] | None = None) -> np.ndarray:
-    "Soft targets `(len(test_ids), G)` of the test posters `test_ids` in fold `cfg.fold`: the mean over the teachers of their fold `cfg.fold`'s `test_probs.csv` (genres: the first teacher's by default)."
-    test_ids, targets = np.asarray(test_ids, np.int64), []
+def pseudo_targets(cfg: TrainConfig, poster_ids, genres: list[str] | None = None) -> np.ndarray:
+    "Soft targets `(len(poster_ids), G)` of the unlabelled posters `poster_ids` in fold `cfg.fold`: the mean over the teachers of their fold `cfg.fold`'s probabilities of them (`test_probs.csv`, or `oof.csv` for `pseudo_posters='validation'`; genres: the first teacher's by default)."
+    poster_ids, targets = np.asarray(poster_ids, np.int64), []
+    where = (f'{project_path(cfg.data_dir) / "test.csv"}' if cfg.pseudo_posters == 'test'
+             else f'the validation movies of fold {cfg.fold} (folds.csv)')
     for teacher in teacher_runs(cfg):
-        path = teacher_fold(cfg, teacher) / TEST_FILE
+        path = teacher_fold(cfg, teacher) / PSEUDO_SOURCES[cfg.pseudo_posters]
         table = read_run_csv(path, ('id',), advice=f'retrain fold {cfg.fold} of {teacher} with -p overwrite True')
         genres = list(table.columns[1:]) if genres is None else genres
         if list(table.columns[1:]) != list(genres):
             raise ValueError(f'{path} predicts the genres {list(table.columns[1:])}, but fold {cfg.fold} of {cfg.run_name} learns '
                              f'{list(genres)}: was teacher {teacher} trained on other data? Name a teacher trained on {cfg.data_dir}')
-        missing, other = np.setdiff1d(test_ids, table['id']), np.setdiff1d(table['id'], test_ids)
+        missing, other = np.setdiff1d(poster_ids, table['id']), np.setdiff1d(table['id'], poster_ids)
         if len(missing) or len(other) or not table['id'].is_unique or table.isna().any().any():
-            raise ValueError(f'{path} does not hold one probability per test poster that fold {cfg.fold} of {cfg.run_name} loads from '
-                             f'{project_path(cfg.data_dir) / "test.csv"} ({len(missing)} of those missing, {len(other)} others, repeated '
-                             f'or empty rows): was teacher {teacher} trained on other data, or a changed test.csv? Retrain its fold '
+            raise ValueError(f'{path} does not hold one probability per {cfg.pseudo_posters} poster that fold {cfg.fold} of {cfg.run_name} '
+                             f'learns from {where} ({len(missing)} of those missing, {len(other)} others, repeated '
+                             f'or empty rows): was teacher {teacher} trained on other data, or a changed CSV? Retrain its fold '
                              f'{cfg.fold} on this data (-p data_dir ... -p overwrite True)')
-        targets.append(table.set_index('id').loc[test_ids, genres].to_numpy(np.float32))
+        targets.append(table.set_index('id').loc[poster_ids, genres].to_numpy(np.float32))
     return np.mean(targets, axis=0, dtype=np.float32)
 
 def _split_of(run_dir: Path) -> pd.DataFrame:
@@ -255,10 +261,10 @@ def _split_of(run_dir: Path) -> pd.DataFrame:
 def check_pseudo(cfg: TrainConfig):
     "Refuse pseudo-labels that are not fold-clean, without reading a poster: see above."
     test_csv = project_path(cfg.data_dir) / 'test.csv'
-    if not test_csv.is_file():
+    if cfg.pseudo_posters == 'test' and not test_csv.is_file():
         raise FileNotFoundError(f'pseudo={cfg.pseudo!r} adds the test posters of the data to fold {cfg.fold} of {cfg.run_name}, but '
                                 f'there is no {test_csv}: put the unlabelled posters there (the layout of train.csv, without genres), '
-                                f'or train without -p pseudo')
+                                f'or train without -p pseudo (to measure pseudo-labels there: -p pseudo_posters validation)')
     teachers = teacher_runs(cfg)
     if cfg.run_name in teachers:
         raise ValueError(f'run {cfg.run_name} cannot be its own teacher (pseudo={cfg.pseudo!r}): name another run, trained first')
@@ -282,6 +288,8 @@ def check_pseudo(cfg: TrainConfig):
                              f'{teacher} trained on some of the movies fold {cfg.fold} of {cfg.run_name} is scored on. Use teachers of '
                              f'the same split (same data, folds and fold_seed), or a new run name (a new run takes its teacher\'s split)')
         skipped |= set(skipped_ids(fold_dir.parent, 'test', [cfg.fold]))  # posters the teacher could not read (on_bad='skip')
+    if cfg.pseudo_posters == 'validation':  # the split holds the movies the teacher's fold could read
+        pseudo_targets(cfg, split.loc[split['fold'] == cfg.fold, 'id'].to_numpy()); return
     ids = pd.to_numeric(read_csv(test_csv, usecols=['id'])['id'], errors='coerce').dropna().astype(np.int64)
     pseudo_targets(cfg, ids[~ids.isin(skipped)].to_numpy())
 
@@ -297,7 +305,7 @@ def adopt_teacher_split(cfg: TrainConfig):
 
 # %% ../nbs/03b_training.ipynb #d861e8c3
 class PseudoLabelled(torch.utils.data.Dataset):
-    "A fold's training rows `labelled` (weight 1) followed by the pseudo-labelled test posters `pseudo` (weight `weight`); batches carry a per-row `weight`."
+    "A fold's training rows `labelled` (weight 1) followed by the pseudo-labelled posters `pseudo` (weight `weight`); batches carry a per-row `weight`."
     def __init__(self, labelled: MovieDataset, pseudo: MovieDataset, weight: float):
         self.labelled, self.pseudo, self.weight = labelled, pseudo, weight
     def __len__(self): return len(self.labelled) + len(self.pseudo)
@@ -315,11 +323,14 @@ class PseudoLabelled(torch.utils.data.Dataset):
             parts.append({**batch, 'weight': torch.full((len(here),), float(weight))})
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
-def with_pseudo_labels(cfg: TrainConfig, train_ds: MovieDataset, test: MovieData | None) -> PseudoLabelled:
-    "Fold `cfg.fold`'s training set `train_ds` and the test posters `test`, soft-labelled by the teachers' fold `cfg.fold` (`pseudo_targets`)."
-    if test is None: raise FileNotFoundError(f'pseudo={cfg.pseudo!r} needs the test posters of {cfg.data_dir} (test.csv)')
-    targets = pseudo_targets(cfg, test.ids, test.genres)
-    pseudo = MovieDataset(replace(test, labels=targets), transform=train_ds.transform,
+def with_pseudo_labels(cfg: TrainConfig, train_ds: MovieDataset, test: MovieData | None, valid_ds: MovieDataset | None = None) -> PseudoLabelled:
+    "Fold `cfg.fold`'s training set `train_ds` and its unlabelled posters (`test`, or `valid_ds`'s for `pseudo_posters='validation'`), soft-labelled by the teachers' fold `cfg.fold` (`pseudo_targets`)."
+    if cfg.pseudo_posters == 'validation': data, rows = valid_ds.data, valid_ds.indices
+    elif test is None: raise FileNotFoundError(f'pseudo={cfg.pseudo!r} needs the test posters of {cfg.data_dir} (test.csv)')
+    else: data, rows = test, np.arange(len(test))
+    targets = np.zeros((len(data), len(data.genres)), np.float32)  # rows outside `rows` are never read
+    targets[rows] = pseudo_targets(cfg, data.ids[rows], data.genres)
+    pseudo = MovieDataset(replace(data, labels=targets), rows, transform=train_ds.transform,
                           text_buckets=cfg.text_buckets if cfg.uses_title_text else None)
     return PseudoLabelled(train_ds, pseudo, cfg.pseudo_weight)
 
@@ -453,9 +464,9 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
 
     train_ds, valid_ds = fold_datasets(cfg, data, folds)
     if cfg.pseudo:
-        train_ds = with_pseudo_labels(cfg, train_ds, test)
+        train_ds = with_pseudo_labels(cfg, train_ds, test, valid_ds)
         teachers = teacher_runs(cfg)
-        print(f'{name}: + {len(train_ds.pseudo):,} test posters soft-labelled by fold {cfg.fold} of {" and ".join(teachers)}'
+        print(f'{name}: + {len(train_ds.pseudo):,} {cfg.pseudo_posters} posters soft-labelled by fold {cfg.fold} of {" and ".join(teachers)}'
               f'{" (their mean)" if len(teachers) > 1 else ""} (weight {cfg.pseudo_weight:g})', flush=True)
     cuda = runtime.device.type == 'cuda'
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, os.cpu_count() or 1) if cuda else 0)

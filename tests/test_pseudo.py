@@ -39,10 +39,11 @@ def oof(runs, run_name, k) -> pd.DataFrame:
 
 @pytest.fixture(scope='module')
 def trained(demo, tmp_path_factory):
-    "A teacher run and a student run pseudo-labelled by it, every fold."
+    "A teacher run and two student runs pseudo-labelled by it, on the test posters and on each fold's own validation posters, every fold."
     runs = tmp_path_factory.mktemp('runs')
     train_run(demo, runs, 'teacher')
     train_run(demo, runs, 'student', pseudo='teacher')
+    train_run(demo, runs, 'student-own', pseudo='teacher', pseudo_posters='validation')
     return runs
 
 
@@ -85,8 +86,29 @@ def test_fold_k_learns_the_test_posters_from_fold_k_of_its_teacher(demo, trained
         assert np.allclose(both_teachers, (teacher[k].loc[ids, data.genres].to_numpy() + student) / 2, atol=1e-7)
 
 
-def test_no_label_of_a_fold_s_validation_movies_reaches_it(demo, trained, tmp_path):
-    "The honesty test, on every fold: new labels for fold k's validation movies (teacher and student retrained) leave fold k's out-of-fold predictions as they were; new labels for a few of its training movies do not (the control)."
+def test_fold_k_learns_its_own_validation_posters_from_fold_k_of_its_teacher(demo, trained, capsys):
+    "pseudo_posters='validation': fold k's validation posters, unlabelled, with fold k of the teacher's out-of-fold probabilities as targets."
+    data, split = load_split(demo, 'train', 32), pd.read_csv(trained / 'teacher' / FOLDS_FILE)
+    for k in range(1, FOLDS + 1):
+        cfg = tiny(demo, trained, 'student-own', fold=k, pseudo='teacher', pseudo_posters='validation')
+        train_ds, valid_ds = fold_datasets(cfg, data, split)
+        both = with_pseudo_labels(cfg, train_ds, None, valid_ds)  # no test posters needed
+        batch = both.batch(np.arange(len(both)), seed=0)
+        pseudo = (batch['weight'] == 0.5).numpy()
+        ids = batch['id'][pseudo].numpy()
+        assert sorted(ids) == sorted(split.loc[split['fold'] == k, 'id'])
+        assert np.allclose(batch['labels'][pseudo].numpy(), oof(trained, 'teacher', k).loc[ids, data.genres].to_numpy(), atol=1e-7)
+        assert not np.allclose(batch['labels'][pseudo].numpy(), data.labels[valid_ds.indices], atol=1e-3)  # not their labels
+    train_run(demo, trained, 'own-again', folds=[1], pseudo='teacher', pseudo_posters='validation')
+    assert f"fold 1 of own-again: + {(split['fold'] == 1).sum():,} validation posters soft-labelled by fold 1 of teacher" in capsys.readouterr().out
+    no_test = shutil.copytree(demo, trained.parent / 'no-test-data'); (no_test / 'test.csv').unlink()
+    check_fold(tiny(no_test, trained, 'own-no-test', fold=2, pseudo='teacher', pseudo_posters='validation'))  # a data folder without test.csv
+
+
+@pytest.mark.parametrize('posters', ['test', 'validation'])
+def test_no_label_of_a_fold_s_validation_movies_reaches_it(demo, trained, tmp_path, posters):
+    "The honesty test, on every fold, for both kinds of unlabelled posters: new labels for fold k's validation movies (teacher and student retrained) leave fold k's out-of-fold predictions as they were; new labels for a few of its training movies do not (the control)."
+    student = {'test': 'student', 'validation': 'student-own'}[posters]
     split = pd.read_csv(trained / 'teacher' / FOLDS_FILE)
     for k in range(1, FOLDS + 1):
         for change, ids in (('validation', split.loc[split['fold'] == k, 'id']), ('training', split.loc[split['fold'] != k, 'id'][:4])):
@@ -95,8 +117,8 @@ def test_no_label_of_a_fold_s_validation_movies_reaches_it(demo, trained, tmp_pa
             for name in (FOLDS_FILE, SPLIT_FILE):  # the split held fixed: make_folds stratifies on the labels
                 shutil.copy(trained / 'teacher' / name, runs / 'teacher' / name)
             train_run(data, runs, 'teacher')  # every fold: its other folds learn fold k's new labels, and must not pass them on
-            train_run(data, runs, 'student', folds=[k], pseudo='teacher')  # takes the teacher's split
-            difference = float((oof(runs, 'student', k) - oof(trained, 'student', k)).abs().to_numpy().max())
+            train_run(data, runs, student, folds=[k], pseudo='teacher', pseudo_posters=posters)  # takes the teacher's split
+            difference = float((oof(runs, student, k) - oof(trained, student, k)).abs().to_numpy().max())
             if change == 'validation': assert difference < 1e-6, f'fold {k} saw its validation labels: its OOF moved by {difference}'
             else: assert difference > 1e-5, f'fold {k} did not move ({difference}) with new labels for its training movies: the test is vacuous'
 
@@ -110,7 +132,8 @@ def refused(cfg, error, *words):
 
 def test_pseudo_labels_that_could_leak_are_refused_before_anything_runs(demo, trained, tmp_path):
     no_test = shutil.copytree(demo, tmp_path / 'no-test'); (no_test / 'test.csv').unlink()
-    refused(tiny(no_test, trained, 'x', pseudo='teacher'), FileNotFoundError, 'test.csv', 'without -p pseudo')
+    refused(tiny(no_test, trained, 'x', pseudo='teacher'), FileNotFoundError, 'test.csv', 'without -p pseudo', '-p pseudo_posters validation')
+    with pytest.raises(ValueError, match="pseudo_posters must be one of"): TrainConfig(pseudo='teacher', pseudo_posters='train')
     refused(tiny(demo, trained, 'teacher', pseudo='teacher', overwrite=True), ValueError, 'its own teacher')
     refused(tiny(demo, trained, 'x', pseudo='nobody'), FileNotFoundError, 'nobody', 'train the teacher first')
     (trained / 'ensembles' / 'teacher+student-stacked').mkdir(parents=True)
@@ -154,8 +177,9 @@ def test_the_report_and_the_comparison_say_which_runs_learnt_from_the_test_poste
     used = 'pseudo-labels: 8 test posters, soft-labelled by fold k of teacher (weight 0.5)'
     report = write_report(evaluate(load_run('student', trained, verbose=False)), tmp_path / 'student').read_text()
     assert f'Unlabelled posters: {used}.' in report
-    table = compare_runs(['teacher', 'student'], trained, tmp_path / 'compare')['table']
-    assert table['unlabelled posters'].tolist() == ['none', used]
+    own = "pseudo-labels: fold k's own validation posters (unlabelled), soft-labelled by fold k of teacher (weight 0.5)"
+    table = compare_runs(['teacher', 'student', 'student-own'], trained, tmp_path / 'compare')['table']
+    assert table['unlabelled posters'].tolist() == ['none', used, own]
 
 
 def test_a_new_student_trains_every_fold_of_its_teacher_split(trained):
