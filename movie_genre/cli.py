@@ -420,7 +420,7 @@ def _run(args, parser):
         params = _command_line_params(TrainConfig, args.param, usage, run_name=args.run_name)
         if args.from_study:
             from movie_genre.tune import recipe_of_study
-            params = {**recipe_of_study(args.from_study, args.storage, params.get('runs_dir', 'runs')), **params}
+            params = recipe_of_study(args.from_study, args.storage, params.get('runs_dir', 'runs'), overrides=params)
         table = train_folds(params, args.folds, check_gpus(args.gpus.split(',')) if args.gpus else None)
         if (table['status'] == 'failed').any(): sys.exit(1)
     elif args.command == 'tune':

@@ -313,11 +313,13 @@ def best_recipe(study: optuna.Study) -> tuple[dict, optuna.trial.FrozenTrial]:
     best = study.best_trial
     return {**study.user_attrs['protocol']['fixed'], 'data_dir': best.user_attrs['data_dir'], **best.params}, best
 
-def recipe_of_study(study: str, storage: str | None = None, runs_dir='runs') -> dict:
-    "`train --from-study`: the best trial's recipe of `study` as `-p` values, said on the console."
+def recipe_of_study(study: str, storage: str | None = None, runs_dir='runs', overrides: dict | None = None) -> dict:
+    "`train --from-study`: the best trial's recipe of `study` as `-p` values, the command line's `overrides` over it, said on the console (with the trial's value beside each one overridden)."
     recipe, best = best_recipe(load_study(study, storage or default_storage(study, runs_dir)))
-    print(f'the recipe of trial {best.number} of study {study} (score {best.value:.4f}): ' + ' '.join(f'-p {k} {v}' for k, v in recipe.items()))
-    return recipe
+    overrides = overrides or {}
+    print(f'the recipe of trial {best.number} of study {study} (score {best.value:.4f}): ' + ' '.join(
+        f'-p {k} {overrides.get(k, v)}' + (f' (the trial: {v})' if k in overrides and overrides[k] != v else '') for k, v in recipe.items()))
+    return {**recipe, **overrides}
 
 # %% ../nbs/04d_tune.ipynb #00000017
 def _shown_range(spec: str) -> str:
