@@ -13,10 +13,10 @@ import pandas as pd
 
 from .checkpoints import BACKBONE_FILE, PRETRAIN_FILE, is_pretraining
 from .data import project_path
-from .ensemble import ENSEMBLES_DIR, load_any
+from .ensemble import load_any
 from .evaluate import _save, evaluate, markdown_table, unlabelled_use_of_run
 from .metrics import distinct_colours
-from .runs import CONFIG_FILE, FOLDS_FILE, LOGS_DIR, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
+from .runs import CONFIG_FILE, ENSEMBLES_DIR, FOLDS_FILE, LOGS_DIR, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
 
 # %% auto #0
 __all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'estimate_kind', 'compare_runs', 'plot_genre_f1',

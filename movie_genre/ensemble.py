@@ -13,17 +13,16 @@ import numpy as np
 import pandas as pd
 
 from .data import median_year, project_path, read_years
-from .runs import (CONFIG_FILE, FOLDS_FILE, RunResult, finished_folds, fold_list, load_run, mean_test_probs, oof_digest, run_path,
+from .runs import (CONFIG_FILE, ENSEMBLES_DIR, FOLDS_FILE, RunResult, finished_folds, fold_list, load_run, mean_test_probs, oof_digest, run_path,
                               run_thresholds, save_thresholds, saved_thresholds, write_atomic)
 
 # %% auto #0
-__all__ = ['ENSEMBLES_DIR', 'ENSEMBLE_FILE', 'STACK_FILE', 'STACK_C', 'member_names', 'is_ensemble', 'ensemble_name',
-           'parse_weights', 'load_members', 'tune_weights', 'ensemble_digest', 'blend_runs', 'stack_runs',
-           'apply_stack', 'load_ensemble', 'save_ensemble', 'load_any', 'ensemble_dir', 'thresholds_for',
-           'common_folds']
+__all__ = ['ENSEMBLE_FILE', 'STACK_FILE', 'STACK_C', 'member_names', 'is_ensemble', 'ensemble_name', 'parse_weights',
+           'load_members', 'tune_weights', 'ensemble_digest', 'blend_runs', 'stack_runs', 'apply_stack',
+           'load_ensemble', 'save_ensemble', 'load_any', 'ensemble_dir', 'thresholds_for', 'common_folds']
 
 # %% ../nbs/04b_ensemble.ipynb #b2d306d8
-ENSEMBLES_DIR, ENSEMBLE_FILE, STACK_FILE = 'ensembles', 'ensemble.json', 'stack.json'
+ENSEMBLE_FILE, STACK_FILE = 'ensemble.json', 'stack.json'
 STACK_C = 1.0  # the stacking regressions' inverse regularisation
 
 def member_names(spec: str) -> list[str]:

@@ -25,17 +25,18 @@ from .metrics import tune_thresholds
 
 # %% auto #0
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
-           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'RETRAIN', 'OWNER_STALE_S', 'RESUMABLE',
-           'write_atomic', 'read_run_json', 'read_run_csv', 'run_path', 'load_or_make_folds', 'fold_numbers',
-           'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult',
-           'fold_list', 'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'same_setting', 'config_differences',
-           'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
+           'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'ENSEMBLES_DIR', 'RETRAIN', 'OWNER_STALE_S',
+           'RESUMABLE', 'write_atomic', 'read_run_json', 'read_run_csv', 'run_path', 'load_or_make_folds',
+           'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock',
+           'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'same_setting',
+           'config_differences', 'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
 CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE = 'config.json', 'summary.csv', 'model.pt', 'last.pt'
 OOF_FILE, TEST_FILE, ENVIRONMENT_FILE, LOCK_FILE = 'oof.csv', 'test_probs.csv', 'environment.json', 'fold.lock'
 LOGS_DIR = 'logs'  # the driver's executed notebook and log of each attempt: logs/attempt-<n>.ipynb, .log
+ENSEMBLES_DIR = 'ensembles'  # <runs_dir>/ensembles/<name>: the ensembles of 04b_ensemble, beside the runs
 
 def write_atomic(path, text: str) -> Path:
     "Write `text` to `path` through a temporary file and a rename: a reader sees the old file or the new one, never half of one."

@@ -25,7 +25,7 @@ from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
-from .runs import (CONFIG_FILE, chose_by_validation, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
+from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
                               SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
                               read_run_csv, run_path, same_setting, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
 
@@ -207,7 +207,7 @@ NO_FITTED_TEACHER = ("a fitted ensemble (stacked, or with tuned weights) cannot 
 def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
     "The folder of fold `cfg.fold` of run `teacher`, finished with its probabilities of the `cfg.pseudo_posters`; else an error saying what to do."
     run_dir = run_path(teacher, cfg.runs_dir)
-    ensembles = project_path(cfg.runs_dir) / 'ensembles'  # ensemble.ENSEMBLES_DIR (a later module)
+    ensembles = project_path(cfg.runs_dir) / ENSEMBLES_DIR
     if run_dir.parent == ensembles or (not run_dir.is_dir() and (ensembles / teacher).is_dir()):
         raise ValueError(f'pseudo names {teacher!r}, an ensemble of {ensembles}: {NO_FITTED_TEACHER}')
     if is_pretraining(run_dir):
