@@ -97,11 +97,14 @@ class Runtime:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
+    def posters_to_device(self, images: torch.Tensor) -> torch.Tensor:
+        "A batch of posters `(B, C, H, W)` on the device, in channels-last layout when asked."
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
     def batch_to_device(self, batch: dict) -> dict:
-        "The batch's tensors on the device (posters in channels-last layout when asked)."
-        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if self.channels_last: out['image'] = out['image'].contiguous(memory_format=torch.channels_last)
-        return out
+        "The batch's tensors on the device (its posters, `image`, through `posters_to_device`)."
+        return {k: self.posters_to_device(v) if k == 'image' else v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 # %% ../nbs/02a_device.ipynb #22f17003
 @torch.no_grad()

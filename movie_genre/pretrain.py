@@ -28,7 +28,7 @@ from .device import Runtime
 from .model import ARCHS, NormalizePosters, parse_depths, poster_encoder
 from .runs import (ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, SUMMARY_FILE, fold_lock, fold_numbers,
                               write_atomic)
-from .train import (Progress, config_changes, describe_changes, environment_history, environment_stretch, lr_lambda, make_optimizer, restore_scaler,
+from .train import (Progress, config_changes, describe_changes, environment_history, environment_stretch, lr_lambda, make_optimizer, optimizer_step, restore_scaler,
                                seed_everything)
 
 # %% auto #0
@@ -249,9 +249,6 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
     stretch = environment_stretch(runtime, cfg, start, PRETRAIN_RESUMABLE)
     write_atomic(out / ENVIRONMENT_FILE, json.dumps(environment_history(previous, stretch), indent=1))
 
-    def to_device(images):
-        images = images.to(runtime.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else images
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)
         loader.sampler.set_epoch(epoch)
@@ -261,16 +258,10 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
         progress = Progress(0, epoch + 1, cfg.epochs, len(loader), name=name)
         for step, batch in enumerate(bar):
             with runtime.autocast():
-                z1, z2 = model(torch.cat([to_device(batch['view1']), to_device(batch['view2'])])).chunk(2)
+                z1, z2 = model(runtime.posters_to_device(torch.cat([batch['view1'], batch['view2']]))).chunk(2)
                 loss = ssl_loss(z1, z2, cfg)
-            value = loss.item()
-            if not math.isfinite(value): raise FloatingPointError(f'the loss became {value} at epoch {epoch + 1}, step {step}: stopping '
-                                                                  f'({out / LAST_FILE} holds the last good epoch); try a lower lr.')
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            scaler.step(optimizer); scaler.update(); scheduler.step()
+            value = optimizer_step(model, loss, optimizer, scheduler, scaler,
+                                   f'at epoch {epoch + 1}, step {step}: stopping ({out / LAST_FILE} holds the last good epoch)')
             seen += len(z1); loss_sum += value * len(z1)
             bar.set_postfix(loss=f'{loss_sum / seen:.4f}')
             progress.update(step + 1, seen)

@@ -31,9 +31,9 @@ from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, ENVIRONMENT_
 
 # %% auto #0
 __all__ = ['PSEUDO_SOURCES', 'NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup',
-           'lr_lambda', 'make_optimizer', 'restore_scaler', 'probs_frame', 'train_step', 'fold_datasets',
-           'teacher_runs', 'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split', 'PseudoLabelled',
-           'with_pseudo_labels', 'Progress', 'config_changes', 'describe_changes', 'resume_state',
+           'lr_lambda', 'make_optimizer', 'restore_scaler', 'probs_frame', 'optimizer_step', 'train_step',
+           'fold_datasets', 'teacher_runs', 'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split',
+           'PseudoLabelled', 'with_pseudo_labels', 'Progress', 'config_changes', 'describe_changes', 'resume_state',
            'environment_history', 'run_config', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold',
            'environment_stretch']
 
@@ -168,10 +168,8 @@ def probs_frame(ids: np.ndarray, probs: np.ndarray, genres: list[str]) -> pd.Dat
     return pd.concat([pd.DataFrame({'id': ids}), pd.DataFrame(probs, columns=genres)], axis=1)
 
 # %% ../nbs/03b_training.ipynb #9a77523b
-def train_step(model, batch: dict, optimizer, scheduler, scaler, runtime: Runtime, cfg: TrainConfig, where: str = '') -> float:
-    "One optimisation step of `model` on the device `batch`; the loss. `FloatingPointError` (saying `where`) for a NaN or infinite loss."
-    with runtime.autocast():
-        loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing, batch.get('weight'))
+def optimizer_step(model, loss: torch.Tensor, optimizer, scheduler, scaler, where: str = '') -> float:
+    "Back-propagate `loss` (scaled for fp16), clip the gradients' norm at 5, step `optimizer` and `scheduler`; the loss's value. A NaN or infinite loss raises `FloatingPointError` (saying `where`) before any weight changes. Training and pretraining (`03e_pretrain`) share it."
     value = loss.item()
     if not math.isfinite(value): raise FloatingPointError(f'the loss became {value} {where}; try a lower lr.')
     optimizer.zero_grad(set_to_none=True)
@@ -180,6 +178,12 @@ def train_step(model, batch: dict, optimizer, scheduler, scaler, runtime: Runtim
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     scaler.step(optimizer); scaler.update(); scheduler.step()
     return value
+
+def train_step(model, batch: dict, optimizer, scheduler, scaler, runtime: Runtime, cfg: TrainConfig, where: str = '') -> float:
+    "One optimisation step of `model` on the device `batch` (`genre_loss`); the loss. `FloatingPointError` (saying `where`) for a NaN or infinite loss."
+    with runtime.autocast():
+        loss = genre_loss(model(batch), batch['labels'], cfg.loss, cfg.label_smoothing, batch.get('weight'))
+    return optimizer_step(model, loss, optimizer, scheduler, scaler, where)
 
 # %% ../nbs/03b_training.ipynb #20838814
 def fold_datasets(cfg: TrainConfig, data: MovieData, folds: pd.DataFrame) -> tuple[MovieDataset, MovieDataset]:
