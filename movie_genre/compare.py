@@ -16,7 +16,8 @@ from .data import project_path
 from .ensemble import load_any
 from .evaluate import _save, evaluate, markdown_table, unlabelled_use_of_run
 from .metrics import distinct_colours
-from .runs import CONFIG_FILE, ENSEMBLES_DIR, FOLDS_FILE, LOGS_DIR, RunResult, fold_numbers, finished_folds, fold_status, lock_holder, run_path
+from .runs import (CONFIG_FILE, ENSEMBLES_DIR, FOLDS_FILE, LOGS_DIR, RunResult, fold_numbers, finished_folds, fold_status, lock_holder,
+                              recorded_setting, run_path)
 
 # %% auto #0
 __all__ = ['IGNORED_SETTINGS', 'split_warning', 'setting_differences', 'estimate_kind', 'compare_runs', 'plot_genre_f1',
@@ -41,8 +42,8 @@ def setting_differences(runs: list[RunResult]) -> pd.DataFrame:
     "The config values in which the runs differ (one row per run), paths and fold numbers aside."
     configs = [{k: v for k, v in r.config.items() if k not in IGNORED_SETTINGS and k != 'stack_model'} for r in runs]
     keys = sorted({k for c in configs for k in c})
-    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
-    return pd.DataFrame([{k: c.get(k) for k in differ} for c in configs], index=pd.Index([r.name for r in runs], name='run'))
+    differ = [k for k in keys if len({json.dumps(recorded_setting(c, k), sort_keys=True, default=str) for c in configs}) > 1]
+    return pd.DataFrame([{k: recorded_setting(c, k) for k in differ} for c in configs], index=pd.Index([r.name for r in runs], name='run'))
 
 # %% ../nbs/05a_comparison.ipynb #9943be82
 def _cost(run: RunResult) -> dict:

@@ -258,7 +258,7 @@ def _pretrain(cfg: PretrainConfig, state: dict | None) -> pd.DataFrame:
         progress = Progress(0, epoch + 1, cfg.epochs, len(loader), name=name)
         for step, batch in enumerate(bar):
             with runtime.autocast():
-                z1, z2 = model(runtime.posters_to_device(torch.cat([batch['view1'], batch['view2']]))).chunk(2)
+                z1, z2 = model(torch.cat([runtime.posters_to_device(batch['view1']), runtime.posters_to_device(batch['view2'])])).chunk(2)
                 loss = ssl_loss(z1, z2, cfg)
             value = optimizer_step(model, loss, optimizer, scheduler, scaler,
                                    f'at epoch {epoch + 1}, step {step}: stopping ({out / LAST_FILE} holds the last good epoch)')

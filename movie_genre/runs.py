@@ -26,10 +26,11 @@ from .metrics import tune_thresholds
 # %% auto #0
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
            'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'ENSEMBLES_DIR', 'RETRAIN', 'OWNER_STALE_S',
-           'RESUMABLE', 'write_atomic', 'read_run_json', 'read_run_csv', 'run_path', 'load_or_make_folds',
-           'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy', 'lock_holder', 'fold_lock',
-           'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs', 'skipped_ids', 'same_setting',
-           'config_differences', 'load_run', 'saved_thresholds', 'save_thresholds', 'run_thresholds']
+           'RESUMABLE', 'SETTINGS_BEFORE', 'write_atomic', 'read_run_json', 'read_run_csv', 'run_path',
+           'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy',
+           'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs',
+           'skipped_ids', 'same_setting', 'recorded_setting', 'config_differences', 'load_run', 'saved_thresholds',
+           'save_thresholds', 'run_thresholds']
 
 # %% ../nbs/03a_runs.ipynb #75b747df
 FOLDS_FILE, SPLIT_FILE, THRESHOLDS_FILE = 'folds.csv', 'split.json', 'thresholds.json'
@@ -257,10 +258,18 @@ def same_setting(name: str, was, now) -> bool:
     if name.endswith('_dir') and isinstance(was, str) and isinstance(now, str): return same_folder(was, now)
     return was == now
 
+# settings added after folds were recorded without them, and what their absence meant: an older fold's config.json
+# and a newer one agree when the newer holds this value
+SETTINGS_BEFORE = {'init': '', 'pseudo': '', 'pseudo_weight': 0.5, 'pseudo_posters': 'test'}
+
+def recorded_setting(config: dict, name: str):
+    "Setting `name` of a recorded `config` (a fold's config.json); its `SETTINGS_BEFORE` value when recorded before it existed."
+    return config.get(name, SETTINGS_BEFORE.get(name))
+
 def config_differences(configs: list[dict]) -> list[str]:
     "The settings in which `configs` (folds' config.json) differ, but for the fold number and the `RESUMABLE` settings."
     names = {n for c in configs for n in c} - set(RESUMABLE) - {'fold'}
-    return sorted(n for n in names if any(not same_setting(n, c.get(n), configs[0].get(n)) for c in configs))
+    return sorted(n for n in names if any(not same_setting(n, recorded_setting(c, n), recorded_setting(configs[0], n)) for c in configs))
 
 def load_run(run_name: str, runs_dir='runs', data_dir=None, verbose: bool = True) -> RunResult:
     "Read `runs_dir/run_name`: every finished fold's OOF and test probabilities and summaries; labels from `data_dir` (default: the run's)."

@@ -25,7 +25,7 @@ from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
-from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
+from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, SETTINGS_BEFORE, recorded_setting, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
                               SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
                               read_run_csv, run_path, same_setting, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
 
@@ -102,6 +102,8 @@ class TrainConfig(ModelConfig):
         if not math.isfinite(self.pseudo_weight) or self.pseudo_weight < 0:
             raise ValueError(f'pseudo_weight must be a finite number 0 or more, not {self.pseudo_weight!r}')
         if self.pseudo and not all(teacher_runs(self)): raise ValueError(f'pseudo must name runs joined by commas, not {self.pseudo!r}')
+        if self.pseudo_posters != 'test' and not self.pseudo:
+            raise ValueError(f'pseudo_posters={self.pseudo_posters!r} needs -p pseudo TEACHER (the run whose fold k soft-labels them)')
         if self.patience < 0: raise ValueError(f'patience must be 0 (no early stopping) or more, not {self.patience}')
         if self.threads < 0: raise ValueError(f'threads must be 0 (every core) or more, not {self.threads}')
 
@@ -232,7 +234,7 @@ def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
         epochs_run = len(read_run_csv(fold_dir / SUMMARY_FILE))
         if chose_by_validation(config.get('select', 'best'), config.get('epochs', epochs_run), epochs_run):
             raise ValueError(f"fold {cfg.fold} of teacher run {teacher} chose its weights by its validation F1 (select="
-                             f"{config.get('select', 'best')!r}, or an early stop by patience): its test probabilities carry the labels "
+                             f"{config.get('select', 'best')!r}, or an early stop by patience): its {PSEUDO_SOURCES[cfg.pseudo_posters]} carries the labels "
                              f"of the movies fold {cfg.fold} of {cfg.run_name} is scored on. Retrain the teacher with select='last' and "
                              f"patience=0 (the defaults)")
     return fold_dir
@@ -329,7 +331,9 @@ class PseudoLabelled(torch.utils.data.Dataset):
 
 def with_pseudo_labels(cfg: TrainConfig, train_ds: MovieDataset, test: MovieData | None, valid_ds: MovieDataset | None = None) -> PseudoLabelled:
     "Fold `cfg.fold`'s training set `train_ds` and its unlabelled posters (`test`, or `valid_ds`'s for `pseudo_posters='validation'`), soft-labelled by the teachers' fold `cfg.fold` (`pseudo_targets`)."
-    if cfg.pseudo_posters == 'validation': data, rows = valid_ds.data, valid_ds.indices
+    if cfg.pseudo_posters == 'validation':
+        if valid_ds is None: raise ValueError("pseudo_posters='validation' learns fold k's validation posters: pass its validation set (valid_ds)")
+        data, rows = valid_ds.data, valid_ds.indices
     elif test is None: raise FileNotFoundError(f'pseudo={cfg.pseudo!r} needs the test posters of {cfg.data_dir} (test.csv)')
     else: data, rows = test, np.arange(len(test))
     targets = np.zeros((len(data), len(data.genres)), np.float32)  # rows outside `rows` are never read
@@ -366,7 +370,8 @@ FOLD_OUTPUTS = (CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, LAST_FILE, OOF_FILE, TEST
 def config_changes(recorded: dict, cfg: TrainConfig, names=None) -> dict[str, tuple]:
     "`{name: (recorded value, value in cfg)}` for the fields (default: all but `RESUMABLE` and `fold`) that differ."
     names = names if names is not None else [n for n in asdict(cfg) if n not in RESUMABLE + ('fold',)]
-    return {n: (recorded[n], getattr(cfg, n)) for n in names if n in recorded and not same_setting(n, recorded[n], getattr(cfg, n))}
+    names = [n for n in names if n in recorded or n in SETTINGS_BEFORE]  # a setting newer than the record: its value before it existed
+    return {n: (recorded_setting(recorded, n), getattr(cfg, n)) for n in names if not same_setting(n, recorded_setting(recorded, n), getattr(cfg, n))}
 
 def describe_changes(changes: dict) -> str: return ', '.join(f'{n} {now!r} (was {was!r})' for n, (was, now) in changes.items())
 

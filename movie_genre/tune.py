@@ -24,7 +24,7 @@ from .data import project_path, read_csv, split_csv
 from .processes import CHILDREN, STOP_SIGNALS, ChildProcesses, stopping_on_signals
 from .evaluate import cross_fitted_predictions, markdown_table
 from .metrics import f1_scores
-from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, write_atomic
+from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, same_setting, write_atomic
 from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
@@ -318,7 +318,7 @@ def recipe_of_study(study: str, storage: str | None = None, runs_dir='runs', ove
     recipe, best = best_recipe(load_study(study, storage or default_storage(study, runs_dir)))
     overrides = overrides or {}
     print(f'the recipe of trial {best.number} of study {study} (score {best.value:.4f}): ' + ' '.join(
-        f'-p {k} {overrides.get(k, v)}' + (f' (the trial: {v})' if k in overrides and overrides[k] != v else '') for k, v in recipe.items()))
+        f'-p {k} {overrides.get(k, v)}' + (f' (the trial: {v})' if k in overrides and not same_setting(k, v, overrides[k]) else '') for k, v in recipe.items()))
     return {**recipe, **overrides}
 
 # %% ../nbs/04d_tune.ipynb #00000017
