@@ -39,6 +39,12 @@ SEED = dict(arch='seed', image_size=128, aspect=1.0, optimizer='adam', lr=1e-4, 
             schedule='constant', warmup_epochs=0.0, tta=False)
 RECIPES = {'seed': SEED, 'ours': {}, 'ours-text': dict(title_input='both'), 'ours-text-gmu': dict(title_input='both', fusion='gmu'),
            'ours-w48': dict(width=48), 'ours-48px': dict(image_size=48, seed=2), 'tfidf': None}  # {}: the TrainConfig defaults; None: the TF-IDF member
+# The best recipe of the posters8 study (issue 21: trial 25, folds 1-2, 3 epochs, 72x48 posters; reports/benchmark.md), written
+# out so that it trains without the study's database; the schedule and poster size are the defaults (12 epochs, 96x64), as
+# `movie-genre train --from-study posters8 --run-name posters8-best --folds 1-8 -p epochs 12 -p image_size 64` trains it.
+RECIPES['posters8-best'] = dict(lr=0.007630014427964674, weight_decay=0.010637570708342387, width=32, depths='1,1,2,1',
+                                mixup=0.04234128481871511, dropout=0.2737422859474375, label_smoothing=0.04079972259185155,
+                                loss='bce', title_encoder='pool', fusion='concat')
 
 
 def train(name: str, runs_dir: str, data_dir: Path, folds: str):
