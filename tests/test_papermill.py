@@ -54,6 +54,11 @@ def clean_env(**extra) -> dict:
     return {**{k: v for k, v in os.environ.items() if k != 'IN_TEST'}, **extra}
 
 
+def as_from_a_terminal():
+    "A child's SIGINT as a terminal leaves it (Ctrl-C stops it), even when this suite runs as a shell's background job, which ignores SIGINT and passes that on."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def papermill(*args, cwd=ROOT, env=None):
     env = {**clean_env(), 'MOVIE_GENRE_CACHE': str(Path(os.environ.get('TMPDIR', '/tmp')) / 'movie-genre-test-cache'), **(env or {})}
     return subprocess.run([BIN / 'papermill', str(TRAIN_NB.relative_to(ROOT)), *map(str, args)], cwd=cwd,
@@ -145,7 +150,7 @@ def test_ctrl_c_stops_the_driver_and_the_fold_resumes(demo, tmp_path):
     args = ['train', '--run-name', 'cc', '--folds', '1-3', *tiny_params(demo, tmp_path), '-p', 'epochs', '8']
     proc = subprocess.Popen([BIN / 'movie-genre', *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache')), start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's background job ignores it
+                            preexec_fn=as_from_a_terminal)
     lines = []
     for line in proc.stdout:  # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) after fold 1's epoch 2
         lines.append(line)
@@ -210,7 +215,7 @@ def test_a_signal_to_the_driver_alone_stops_its_fold_at_once_and_the_fold_resume
     args = ['train', '--run-name', 'sig', '--folds', '1', *tiny_params(demo, tmp_path), '-p', 'epochs', '8', '-p', 'batch_size', '16']
     env = clean_env(MOVIE_GENRE_CACHE=str(tmp_path / 'cache'), MOVIE_GENRE_PROGRESS_SECONDS='0')
     proc = subprocess.Popen([BIN / 'movie-genre', *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True)  # its own group: nothing but the driver gets the signal
+                            text=True, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)  # its own group: only the driver gets the signal
     lines, log = [], tmp_path / 'runs' / 'sig' / 'fold1' / 'logs' / 'attempt-1.log'
     for line in proc.stdout:
         lines.append(line)
