@@ -25,9 +25,9 @@ from .data import (BAD_ROWS_FILE, MovieData, MovieDataset, eval_transforms, load
 from .device import Runtime, compile_model, predict_probs
 from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
-from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, SETTINGS_BEFORE, recorded_setting, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
+from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
                               SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
-                              read_run_csv, run_path, same_setting, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
+                              read_run_csv, recorded_setting, run_path, same_setting, SETTINGS_BEFORE, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
 
 # %% auto #0
 __all__ = ['PSEUDO_SOURCES', 'NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup',
@@ -293,7 +293,7 @@ def check_pseudo(cfg: TrainConfig):
             raise ValueError(f'{fold_dir.parent / FOLDS_FILE} is another split than that of {split_of}: fold {cfg.fold} of teacher '
                              f'{teacher} trained on some of the movies fold {cfg.fold} of {cfg.run_name} is scored on. Use teachers of '
                              f'the same split (same data, folds and fold_seed), or a new run name (a new run takes its teacher\'s split)')
-        skipped |= set(skipped_ids(fold_dir.parent, 'test', [cfg.fold]))  # posters the teacher could not read (on_bad='skip')
+        if cfg.pseudo_posters == 'test': skipped |= set(skipped_ids(fold_dir.parent, 'test', [cfg.fold]))  # posters the teacher could not read (on_bad='skip')
     if cfg.pseudo_posters == 'validation':  # the split holds the movies the teacher's fold could read
         pseudo_targets(cfg, split.loc[split['fold'] == cfg.fold, 'id'].to_numpy()); return
     ids = pd.to_numeric(read_csv(test_csv, usecols=['id'])['id'], errors='coerce').dropna().astype(np.int64)
