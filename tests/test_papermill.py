@@ -33,7 +33,8 @@ def test_parameters_cell_holds_the_config_defaults():
     values = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     assert {'fold', 'folds', 'data_dir', 'run_name', 'arch', 'fusion', 'image_size', 'epochs', 'batch_size', 'lr',
-            'weight_decay', 'loss', 'device', 'amp', 'seed', 'num_workers', 'patience'} <= set(values)
+            'weight_decay', 'loss', 'device', 'amp', 'seed', 'num_workers', 'patience',
+            'init', 'pseudo', 'pseudo_posters', 'pseudo_weight'} <= set(values)  # the unlabelled posters' levers too
     assert {k: defaults[k] for k in values} == values
 
 
