@@ -486,8 +486,6 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
     state = resume_state(cfg, runtime.device)
     L, D = data.title_vectors.shape[1:]
     model, backbone = initial_model(cfg, len(data.genres), L, D, with_backbone=state is None)
-    if backbone: print(f'{name}: poster network from {backbone_path(cfg.init, cfg.runs_dir)} ({backbone["method"]}, {backbone["epochs"]} epochs, '
-                       f'sha256 {backbone["sha256"][:12]})', flush=True)
     model = runtime.prepare(model)
     step_model = compile_model(model) if cfg.compile else model
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
@@ -506,6 +504,8 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         rows = pd.read_csv(out / SUMMARY_FILE).iloc[:start].to_dict('records')
         applied = config_changes(state['config'], cfg, RESUMABLE)
         print(f'resuming {name} at epoch {start}' + (f', with {describe_changes(applied)}' if applied else ''), flush=True)
+    if backbone: print(f'{name}: poster network from {backbone_path(cfg.init, cfg.runs_dir)} ({backbone["method"]}, {backbone["epochs"]} epochs, '
+                       f'sha256 {backbone["sha256"][:12]})', flush=True)  # a resumed fold's too: what it started from
     try: previous = json.loads((out / ENVIRONMENT_FILE).read_text())
     except (OSError, ValueError): previous = None  # none yet, or damaged: the history starts again
     stretch = {**environment_stretch(runtime, cfg, start), **({'backbone': backbone} if backbone else {})}  # which backbone content (sha256)

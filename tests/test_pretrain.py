@@ -196,3 +196,17 @@ def test_pretrain_command_continues_with_the_recorded_settings(demo, tmp_path, m
     cli_module.pretrain_command(dict(name='pt', runs_dir=str(tmp_path / 'runs'), epochs=2))
     assert given['epochs'] == 2 and given['width'] == 16 and given['image_size'] == 32 and given['batch_size'] == 8, given
     assert Path(given['data_dir']).resolve() == demo.resolve() and 'device' not in given
+
+
+def test_a_resumed_fold_says_which_backbone_it_started_from(demo, tmp_path, capsys):
+    "A fold killed after its last checkpoint (before its predictions) resumes from last.pt and still names the backbone it started from."
+    runs = tmp_path / 'runs'
+    fake_backbone(runs)
+    cfg = TrainConfig(data_dir=str(demo), runs_dir=str(runs), run_name='r', folds=2, epochs=1, batch_size=8, device='cpu', amp=False,
+                      init='bb', **SMALL)
+    train_fold(cfg)
+    (cfg.fold_dir / 'oof.csv').unlink()  # what a kill between the last checkpoint and the predictions leaves
+    capsys.readouterr()
+    train_fold(cfg)
+    out, sha = capsys.readouterr().out, file_digest(runs / 'bb' / BACKBONE_FILE)[:12]
+    assert 'resuming fold 1 of r at epoch' in out and f'fold 1 of r: poster network from {runs / "bb" / BACKBONE_FILE} (simclr, 1 epochs, sha256 {sha})' in out, out
