@@ -47,10 +47,26 @@ RECIPES = {'seed': SEED, 'ours': {}, 'ours-text': dict(title_input='both'), 'our
 RECIPES['posters8-best'] = dict(lr=0.007630014427964674, weight_decay=0.010637570708342387, width=32, depths='1,1,2,1',
                                 mixup=0.04234128481871511, dropout=0.2737422859474375, label_smoothing=0.04079972259185155,
                                 loss='bce', title_encoder='pool', fusion='concat')
+# The unlabelled posters (issue 22). Pseudo-labels: fold k adds its own validation posters, unlabelled, soft-labelled by fold k
+# of `ours` (train `ours` first: list it before). Pretraining: the poster network starts from a SimCLR backbone learnt on every
+# poster without labels, made first when missing (PRETRAININGS: `movie-genre pretrain --name NAME`, the recipe's width and depths).
+RECIPES['ours-pseudo'] = dict(pseudo='ours', pseudo_posters='validation')
+RECIPES['ours-ssl8'] = dict(init='ssl8')
+PRETRAININGS = {'ssl8': dict(image_size=48, epochs=30)}  # 72x48 posters: half the CPU of 96x64; the backbone fits any poster size
+
+
+def pretrain(name: str, runs_dir: str, data_dir: Path):
+    "Make (or finish) pretraining `name` with the project's own command; a finished one is left as it is."
+    command = [str(Path(sys.executable).parent / 'movie-genre'), 'pretrain', '--name', name, '-p', 'data_dir', str(data_dir),
+               '-p', 'runs_dir', runs_dir]
+    for key, value in PRETRAININGS[name].items(): command += ['-p', key, str(value)]
+    print('$ movie-genre', ' '.join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
 
 
 def train(name: str, runs_dir: str, data_dir: Path, folds: str):
     "Train the missing folds of recipe `name` with the project's own command."
+    if (RECIPES[name] or {}).get('init') in PRETRAININGS: pretrain(RECIPES[name]['init'], runs_dir, data_dir)
     command = [str(Path(sys.executable).parent / 'movie-genre'), 'train', '--run-name', name, '--folds', folds,
                '-p', 'data_dir', str(data_dir), '-p', 'runs_dir', runs_dir]
     if RECIPES[name] is None: command[2:2] = ['--model', 'tfidf']
