@@ -451,6 +451,14 @@ def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData 
         check_fold(cfg)
         return _train_fold(cfg, data, test)
 
+def _backbone_line(name: str, backbone: dict, runs_dir, resumed: bool = False) -> str:
+    "What fold `name` started its poster network from; a resumed fold's pretraining file may have been redone since (it goes on regardless)."
+    path = backbone_path(backbone['name'], runs_dir)
+    line = f'{name}: poster network from {path} ({backbone["method"]}, {backbone["epochs"]} epochs, sha256 {backbone["sha256"][:12]})'
+    if resumed and not (path.is_file() and file_digest(path) == backbone['sha256']):
+        line += f', as it was when the fold started: {path} holds another backbone now' if path.is_file() else ', which is gone now'
+    return line
+
 def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None) -> dict:
     out, name = cfg.fold_dir, f'fold {cfg.fold} of {cfg.run_name}'
     if cfg.overwrite:
@@ -504,8 +512,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         rows = pd.read_csv(out / SUMMARY_FILE).iloc[:start].to_dict('records')
         applied = config_changes(state['config'], cfg, RESUMABLE)
         print(f'resuming {name} at epoch {start}' + (f', with {describe_changes(applied)}' if applied else ''), flush=True)
-    if backbone: print(f'{name}: poster network from {backbone_path(cfg.init, cfg.runs_dir)} ({backbone["method"]}, {backbone["epochs"]} epochs, '
-                       f'sha256 {backbone["sha256"][:12]})', flush=True)  # a resumed fold's too: what it started from
+    if backbone: print(_backbone_line(name, backbone, cfg.runs_dir, resumed=state is not None), flush=True)
     try: previous = json.loads((out / ENVIRONMENT_FILE).read_text())
     except (OSError, ValueError): previous = None  # none yet, or damaged: the history starts again
     stretch = {**environment_stretch(runtime, cfg, start), **({'backbone': backbone} if backbone else {})}  # which backbone content (sha256)

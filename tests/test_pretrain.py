@@ -210,3 +210,9 @@ def test_a_resumed_fold_says_which_backbone_it_started_from(demo, tmp_path, caps
     train_fold(cfg)
     out, sha = capsys.readouterr().out, file_digest(runs / 'bb' / BACKBONE_FILE)[:12]
     assert 'resuming fold 1 of r at epoch' in out and f'fold 1 of r: poster network from {runs / "bb" / BACKBONE_FILE} (simclr, 1 epochs, sha256 {sha})' in out, out
+    # the pretraining redone since: the fold goes on with the weights it started from, and says that the file is another now
+    (cfg.fold_dir / 'oof.csv').unlink()
+    fake_backbone(runs, lr=0.1)  # redone with another lr: another file
+    train_fold(cfg)
+    out = capsys.readouterr().out
+    assert f'(simclr, 1 epochs, sha256 {sha}), as it was when the fold started: {runs / "bb" / BACKBONE_FILE} holds another backbone now' in out, out
