@@ -7,7 +7,7 @@ each ensemble and each stack on all the movies of the folds they finished, poole
 
 - `micro` / `macro` / `samples`: F1 with thresholds cross-fitted for that metric (each fold decoded with thresholds tuned
   on the other folds), the honest estimate for unseen movies; a run of one fold (an ablation) has thresholds tuned on
-  its own movies, as the `thresholds` column says. `micro` uses thresholds tuned for micro F1, `macro` and
+  its own movies, as the `estimate` column says (a tuned blend or a stack of one-fold runs is not scored: it says why). `micro` uses thresholds tuned for micro F1, `macro` and
   `samples` those tuned for macro F1, as a leaderboard of that metric would be submitted.
 - `micro@0.3` / `macro@0.3`: the competition notebook's fixed threshold 0.3 (with the project's 1-3 genre rule).
 - `train min`: the CPU (or GPU) minutes of training, summed over folds and members.
@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from movie_genre.compare import estimate_kind
+from movie_genre.checkpoints import backbone_path
 from movie_genre.data import project_root
 from movie_genre.ensemble import load_any
 from movie_genre.evaluate import cross_fitted_predictions
@@ -48,8 +49,9 @@ RECIPES['posters8-best'] = dict(lr=0.007630014427964674, weight_decay=0.01063757
                                 mixup=0.04234128481871511, dropout=0.2737422859474375, label_smoothing=0.04079972259185155,
                                 loss='bce', title_encoder='pool', fusion='concat')
 # The unlabelled posters (issue 22). Pseudo-labels: fold k adds its own validation posters, unlabelled, soft-labelled by fold k
-# of `ours` (or of the TF-IDF member, 30 times cheaper to train; list the teacher first). Pretraining: the poster network starts from a SimCLR backbone learnt on every
-# poster without labels, made first when missing (PRETRAININGS: `movie-genre pretrain --name NAME`, the recipe's width and depths).
+# of `ours` (or of the TF-IDF member, 30 times cheaper to train), trained first. Pretraining: the poster network starts from a
+# SimCLR backbone learnt on every poster without labels, made first when missing (PRETRAININGS, by `movie-genre pretrain --name
+# NAME`, with the default width and depths: a recipe with other ones needs a pretraining of its own).
 RECIPES['ours-pseudo'] = dict(pseudo='ours', pseudo_posters='validation')
 RECIPES['ours-pseudo-tfidf'] = dict(pseudo='tfidf', pseudo_posters='validation')
 RECIPES['ours-ssl8'] = dict(init='ssl8')
@@ -57,12 +59,24 @@ PRETRAININGS = {'ssl8': dict(image_size=48, epochs=30)}  # 72x48 posters: half t
 
 
 def pretrain(name: str, runs_dir: str, data_dir: Path):
-    "Make (or finish) pretraining `name` with the project's own command; a finished one is left as it is."
+    "Make pretraining `name` with the project's own command, unless its backbone is there (whether it fits, training checks)."
+    if backbone_path(name, runs_dir).is_file(): return
     command = [str(Path(sys.executable).parent / 'movie-genre'), 'pretrain', '--name', name, '-p', 'data_dir', str(data_dir),
                '-p', 'runs_dir', runs_dir]
     for key, value in PRETRAININGS[name].items(): command += ['-p', key, str(value)]
     print('$ movie-genre', ' '.join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
+
+
+def with_teachers(names: list[str]) -> list[str]:
+    "The recipes to train, in order: each one after the recipes that teach it pseudo-labels (`pseudo`), added when not named."
+    ordered = []
+    def add(name):
+        for teacher in filter(None, (RECIPES[name] or {}).get('pseudo', '').split(',')):
+            if teacher in RECIPES and teacher not in ordered: add(teacher)
+        if name not in ordered: ordered.append(name)
+    for name in names: add(name)
+    return ordered
 
 
 def train(name: str, runs_dir: str, data_dir: Path, folds: str):
@@ -78,11 +92,14 @@ def train(name: str, runs_dir: str, data_dir: Path, folds: str):
 
 def score(spec: str, runs_dir: str, stack: bool = False, weights: str = 'equal') -> dict:
     "The table row of a run or ensemble: cross-fitted F1s, fixed-threshold F1s, training minutes."
-    run = load_any(spec, runs_dir, weights=weights, stack=stack, verbose=False)
-    row = {'run': run.name, 'folds': len(run.finished), 'movies': len(run.ids), 'thresholds': estimate_kind(run)}
+    try: run = load_any(spec, runs_dir, weights=weights, stack=stack, verbose=False)
+    except ValueError as e:  # a tuned blend or a stack of one-fold ablations: nothing to fit them on without the scored fold
+        if 'needs at least 2 folds' not in str(e): raise
+        return {'run': spec.replace(',', '+') + ('-stacked' if stack else '-tuned'), 'estimate': f'not scored: {e}'}
+    row = {'run': run.name, 'folds': len(run.finished), 'movies': len(run.ids), 'estimate': estimate_kind(run)}
     for metric in ('micro', 'macro'):
         predictions = cross_fitted_predictions(run, metric)
-        if predictions is None:  # one fold (an ablation): thresholds tuned on its own movies, as estimate_kind says
+        if predictions is None:  # one fold (an ablation): thresholds tuned on its own movies, as the estimate column says
             predictions = decode(run.probs, tune_thresholds(run.labels, run.probs, metric, run.max_genres), run.max_genres)
         crossed = f1_scores(run.labels, predictions)
         row[metric] = crossed[metric]
@@ -108,14 +125,15 @@ def main(argv=None) -> pd.DataFrame:
     unknown = [r for r in names if r not in RECIPES]
     if unknown: raise SystemExit(f'unknown recipe(s) {unknown}; known: {list(RECIPES)}')
     if not args.no_train:
-        for name in names: train(name, args.runs_dir, args.data_dir.resolve(), args.folds)
+        for name in with_teachers(names): train(name, args.runs_dir, args.data_dir.resolve(), args.folds)
     rows = [score(name, args.runs_dir) for name in names]
     rows += [score(e.replace('+', ','), args.runs_dir) for e in args.ensembles.split(',') if e.strip()]
     rows += [score(e.replace('+', ','), args.runs_dir, weights='tuned') for e in args.tuned.split(',') if e.strip()]
     rows += [score(s.replace('+', ','), args.runs_dir, stack=True) for s in args.stacks.split(',') if s.strip()]
     table = pd.DataFrame(rows).set_index('run')
     pd.set_option('display.width', 200)
-    print('\npooled out-of-fold; micro / macro / samples: cross-fitted thresholds tuned for micro / macro / macro F1')
+    print('\npooled out-of-fold; micro / macro / samples: thresholds tuned for micro / macro / macro F1, cross-fitted unless the '
+          'estimate column says otherwise')
     print(table.round(4).to_string())
     if args.out: table.to_csv(args.out)
     return table
