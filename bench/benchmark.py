@@ -55,6 +55,7 @@ RECIPES['posters8-best'] = dict(lr=0.007630014427964674, weight_decay=0.01063757
 RECIPES['ours-pseudo'] = dict(pseudo='ours', pseudo_posters='validation')
 RECIPES['ours-pseudo-tfidf'] = dict(pseudo='tfidf', pseudo_posters='validation')
 RECIPES['ours-ssl8'] = dict(init='ssl8')
+RECIPES['ours-ssl8-pseudo'] = dict(init='ssl8', pseudo='ours', pseudo_posters='validation')  # both
 PRETRAININGS = {'ssl8': dict(image_size=48, epochs=30)}  # 72x48 posters: half the CPU of 96x64; the backbone fits any poster size
 
 
