@@ -7,8 +7,9 @@ each ensemble and each stack on all the movies of the folds they finished, poole
 
 - `micro` / `macro` / `samples`: F1 with thresholds cross-fitted for that metric (each fold decoded with thresholds tuned
   on the other folds), the honest estimate for unseen movies; a run of one fold (an ablation) has thresholds tuned on
-  its own movies, as the `estimate` column says (a tuned blend or a stack of one-fold runs is not scored: it says why). `micro` uses thresholds tuned for micro F1, `macro` and
-  `samples` those tuned for macro F1, as a leaderboard of that metric would be submitted.
+  its own movies, as the `estimate` column says (a tuned blend or a stack of one-fold runs is not scored: it says why).
+  `micro` uses thresholds tuned for micro F1, `macro` and `samples` those tuned for macro F1, as a leaderboard of that
+  metric would be submitted.
 - `micro@0.3` / `macro@0.3`: the competition notebook's fixed threshold 0.3 (with the project's 1-3 genre rule).
 - `train min`: the CPU (or GPU) minutes of training, summed over folds and members.
 
@@ -59,14 +60,18 @@ RECIPES['ours-ssl8-pseudo'] = dict(init='ssl8', pseudo='ours', pseudo_posters='v
 PRETRAININGS = {'ssl8': dict(image_size=48, epochs=30)}  # 72x48 posters: half the CPU of 96x64; the backbone fits any poster size
 
 
+def movie_genre(*args: str, params: dict):
+    "Run `movie-genre ARGS -p key value ...` (this environment's), printed first; a failure stops the benchmark."
+    command = [str(Path(sys.executable).parent / 'movie-genre'), *args]
+    for key, value in params.items(): command += ['-p', key, str(value)]
+    print('$ movie-genre', ' '.join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
 def pretrain(name: str, runs_dir: str, data_dir: Path):
     "Make pretraining `name` with the project's own command, unless its backbone is there (whether it fits, training checks)."
     if backbone_path(name, runs_dir).is_file(): return
-    command = [str(Path(sys.executable).parent / 'movie-genre'), 'pretrain', '--name', name, '-p', 'data_dir', str(data_dir),
-               '-p', 'runs_dir', runs_dir]
-    for key, value in PRETRAININGS[name].items(): command += ['-p', key, str(value)]
-    print('$ movie-genre', ' '.join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+    movie_genre('pretrain', '--name', name, params=dict(data_dir=data_dir, runs_dir=runs_dir, **PRETRAININGS[name]))
 
 
 def with_teachers(names: list[str]) -> list[str]:
@@ -83,12 +88,8 @@ def with_teachers(names: list[str]) -> list[str]:
 def train(name: str, runs_dir: str, data_dir: Path, folds: str):
     "Train the missing folds of recipe `name` with the project's own command."
     if (RECIPES[name] or {}).get('init') in PRETRAININGS: pretrain(RECIPES[name]['init'], runs_dir, data_dir)
-    command = [str(Path(sys.executable).parent / 'movie-genre'), 'train', '--run-name', name, '--folds', folds,
-               '-p', 'data_dir', str(data_dir), '-p', 'runs_dir', runs_dir]
-    if RECIPES[name] is None: command[2:2] = ['--model', 'tfidf']
-    for key, value in (RECIPES[name] or {}).items(): command += ['-p', key, str(value)]
-    print('$ movie-genre', ' '.join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+    model = ['--model', 'tfidf'] if RECIPES[name] is None else []
+    movie_genre('train', *model, '--run-name', name, '--folds', folds, params=dict(data_dir=data_dir, runs_dir=runs_dir, **(RECIPES[name] or {})))
 
 
 def score(spec: str, runs_dir: str, stack: bool = False, weights: str = 'equal') -> dict:
