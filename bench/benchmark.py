@@ -32,7 +32,7 @@ import pandas as pd
 from movie_genre.compare import estimate_kind
 from movie_genre.checkpoints import backbone_path
 from movie_genre.data import project_root
-from movie_genre.ensemble import load_any
+from movie_genre.ensemble import TooFewFolds, load_any
 from movie_genre.evaluate import cross_fitted_predictions
 from movie_genre.metrics import decode, f1_scores, tune_thresholds
 
@@ -95,8 +95,7 @@ def train(name: str, runs_dir: str, data_dir: Path, folds: str):
 def score(spec: str, runs_dir: str, stack: bool = False, weights: str = 'equal') -> dict:
     "The table row of a run or ensemble: cross-fitted F1s, fixed-threshold F1s, training minutes."
     try: run = load_any(spec, runs_dir, weights=weights, stack=stack, verbose=False)
-    except ValueError as e:  # a tuned blend or a stack of one-fold ablations: nothing to fit them on without the scored fold
-        if 'needs at least 2 folds' not in str(e): raise
+    except TooFewFolds as e:  # a tuned blend or a stack of one-fold ablations: nothing to fit them on without the scored fold
         return {'run': spec.replace(',', '+') + ('-stacked' if stack else '-tuned'), 'estimate': f'not scored: {e}'}
     row = {'run': run.name, 'folds': len(run.finished), 'movies': len(run.ids), 'estimate': estimate_kind(run)}
     for metric in ('micro', 'macro'):

@@ -18,7 +18,7 @@ from .runs import (CONFIG_FILE, ENSEMBLES_DIR, FOLDS_FILE, RunResult, finished_f
 
 # %% auto #0
 __all__ = ['ENSEMBLE_FILE', 'STACK_FILE', 'STACK_C', 'member_names', 'is_ensemble', 'ensemble_name', 'parse_weights',
-           'load_members', 'tune_weights', 'ensemble_digest', 'blend_runs', 'stack_runs', 'apply_stack',
+           'load_members', 'tune_weights', 'ensemble_digest', 'TooFewFolds', 'blend_runs', 'stack_runs', 'apply_stack',
            'load_ensemble', 'save_ensemble', 'load_any', 'ensemble_dir', 'thresholds_for', 'common_folds']
 
 # %% ../nbs/04b_ensemble.ipynb #b2d306d8
@@ -125,10 +125,13 @@ def _member_tests(runs: list[RunResult]) -> list[np.ndarray] | None:
             return None
     return [t[first.genres].to_numpy() for t in tests]
 
+class TooFewFolds(ValueError):
+    "A tuned blend or a stack of runs that share fewer than 2 folds: there is nothing to cross-fit on."
+
 def _need_two_folds(run: RunResult, what: str):
     "Cross-fitting fits on the other folds: with one common fold there are none."
     if len(run.finished) < 2:
-        raise ValueError(f'{what} needs at least 2 folds that every member finished (to stay cross-fitted); the members share only '
+        raise TooFewFolds(f'{what} needs at least 2 folds that every member finished (to stay cross-fitted); the members share only '
                          f'fold {fold_list(run.finished)}: train more folds of them, or average them with equal weights')
 
 def blend_runs(runs: list[RunResult], weights='equal', runs_dir='runs') -> RunResult:
