@@ -27,10 +27,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['DEFAULT_YEAR', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS',
-           'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder', 'cache_dir', 'DataError', 'read_csv',
-           'resolve_path', 'parse_genres', 'parse_year', 'parse_years', 'median_year', 'poster_shape', 'read_poster',
-           'poster_cache', 'tokenize', 'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths',
+__all__ = ['DEFAULT_YEAR', 'RELEASE_YEARS', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS',
+           'SHOWN_PROBLEMS', 'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder', 'cache_dir', 'DataError',
+           'read_csv', 'resolve_path', 'parse_genres', 'parse_year', 'parse_years', 'median_year', 'poster_shape',
+           'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths',
            'load_title_arrays', 'MovieData', 'csv_line', 'split_csv', 'load_split', 'read_labels', 'read_years',
            'make_folds', 'RandomPosterWarp', 'train_transforms', 'ssl_transforms', 'eval_transforms', 'EpochSampler',
            'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
@@ -88,14 +88,18 @@ def parse_genres(text) -> list[str]:
 
 # %% ../nbs/01_dataset.ipynb #faaecb8d
 DEFAULT_YEAR = 2000.0  # the fill for missing years when no movie has a year
+RELEASE_YEARS = (1870, 2100)  # the first films are from the 1880s; a year outside is a typo or a code for "unknown"
 
 def parse_year(value) -> float:
-    "`value` as a year: NaN when empty (filled later with the run's `year_fill`); `ValueError` when not a finite number."
+    "`value` as a year: NaN when empty (filled later with the run's `year_fill`); `ValueError` when not a number in `RELEASE_YEARS`."
     if value is None or value is pd.NA or (isinstance(value, str) and not value.strip()): return math.nan
     if isinstance(value, (float, np.floating)) and math.isnan(value): return math.nan  # a CSV's empty cell
     try: year = float(value)
     except (TypeError, ValueError): raise ValueError(f'the year must be a number, not {str(value)!r}') from None
     if not math.isfinite(year): raise ValueError(f'the year must be a finite number, not {str(value)!r}')
+    if not RELEASE_YEARS[0] <= year <= RELEASE_YEARS[1]:
+        raise ValueError(f'the year {str(value)!r} is not a release year ({RELEASE_YEARS[0]} to {RELEASE_YEARS[1]}): a typo? '
+                         f'Leave it empty when the year is unknown')
     return year
 
 def parse_years(values) -> tuple[np.ndarray, dict[int, str]]:

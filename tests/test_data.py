@@ -106,6 +106,7 @@ BAD = {  # case: (breaker, the kind of problem the message names)
     'no genre': (sets_genres('[]'), 'no genre'),
     'year not a number': (sets_year('soon'), "bad year ('soon')"),
     'infinite year': (sets_year('inf'), "bad year ('inf')"),
+    'year 0 for unknown': (sets_year(0), "bad year ('0')"),
     'duplicate id': (duplicate_id, 'duplicate id'),
 }
 
