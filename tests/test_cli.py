@@ -162,6 +162,15 @@ def test_quickstart_takes_training_parameters(monkeypatch):
     assert e.value.code == 2
 
 
+def test_tfidf_refuses_the_network_options_it_would_ignore(tmp_path, capsys):
+    "`train --model tfidf --from-study S` (or --gpus) is a usage error naming the option, not a TF-IDF run that silently ignored it."
+    from movie_genre.cli import main
+    for option in (['--from-study', 'posters8'], ['--gpus', '0']):
+        with pytest.raises(SystemExit) as e: main(['train', '--model', 'tfidf', '--run-name', 'tf', *option, '-p', 'runs_dir', str(tmp_path)])
+        assert e.value.code == 2 and f'{option[0]}: an option of the network' in capsys.readouterr().err
+    assert not (tmp_path / 'tf').exists()
+
+
 def test_train_takes_the_runs_own_folds_and_refuses_p_fold(run, tmp_path):
     "`--folds` defaults to every fold of the run's split; `-p fold` (the notebook's parameter) and folds out of range are errors."
     from movie_genre.cli import folds_to_train
