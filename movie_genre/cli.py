@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('inputs', nargs='+', help="a poster, a folder of posters, or a CSV (poster,title,year[,title_array], or the "
                    "competition's id,path,w2v_path,title,year); paths inside a CSV are relative to the CSV's own folder")
     p.add_argument('--title', help="the movie's title (a single poster; default: its file name)")
-    p.add_argument('--year', type=float, help="the release year (default: the value training used for a missing year)")
+    p.add_argument('--year', type=float, help="the release year (default, and for a year outside 1870-2100: the value training used for a missing year)")
     p.add_argument('--title-array', help='a ready (L, D) .npy title array instead of --title')
     p.add_argument('--vectors', help="word vectors for titles: word2vec (binary or text) or GloVe text, optionally gzipped "
                                      "(default: the run's data folder's word_vectors.txt, when there is one)")

@@ -27,13 +27,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['DEFAULT_YEAR', 'RELEASE_YEARS', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS', 'REQUIRED_COLUMNS',
-           'SHOWN_PROBLEMS', 'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder', 'cache_dir', 'DataError',
-           'read_csv', 'resolve_path', 'parse_genres', 'parse_year', 'parse_years', 'median_year', 'poster_shape',
-           'read_poster', 'poster_cache', 'tokenize', 'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths',
-           'load_title_arrays', 'MovieData', 'csv_line', 'split_csv', 'load_split', 'read_labels', 'read_years',
-           'make_folds', 'RandomPosterWarp', 'train_transforms', 'ssl_transforms', 'eval_transforms', 'EpochSampler',
-           'random_steps', 'seed_steps', 'MovieDataset', 'make_loader']
+__all__ = ['DEFAULT_YEAR', 'RELEASE_YEAR_RANGE', 'CACHE_VERSION', 'TOKEN_RE', 'WORD_VECTORS_FILE', 'MAX_TEXT_IDS',
+           'REQUIRED_COLUMNS', 'SHOWN_PROBLEMS', 'BAD_ROWS_FILE', 'project_root', 'project_path', 'same_folder',
+           'cache_dir', 'DataError', 'read_csv', 'resolve_path', 'parse_genres', 'is_empty', 'parse_year',
+           'unknown_year_note', 'parse_years', 'median_year', 'poster_shape', 'read_poster', 'poster_cache', 'tokenize',
+           'title_array', 'title_ngrams', 'title_text_ids', 'title_lengths', 'load_title_arrays', 'MovieData',
+           'csv_line', 'split_csv', 'load_split', 'read_labels', 'read_years', 'make_folds', 'RandomPosterWarp',
+           'train_transforms', 'ssl_transforms', 'eval_transforms', 'EpochSampler', 'random_steps', 'seed_steps',
+           'MovieDataset', 'make_loader']
 
 # %% ../nbs/01_dataset.ipynb #29c548b7
 def project_root() -> Path:
@@ -88,22 +89,30 @@ def parse_genres(text) -> list[str]:
 
 # %% ../nbs/01_dataset.ipynb #faaecb8d
 DEFAULT_YEAR = 2000.0  # the fill for missing years when no movie has a year
-RELEASE_YEARS = (1870, 2100)  # the first films are from the 1880s; a year outside is a typo or a code for "unknown"
+RELEASE_YEAR_RANGE = (1870, 2100)  # the first films are from the 1880s
+
+def is_empty(value) -> bool:
+    "A missing value: `None`, `pd.NA`, NaN (a CSV's empty cell) or a blank string."
+    if value is None or value is pd.NA: return True
+    if isinstance(value, str): return not value.strip()
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 def parse_year(value) -> float:
-    "`value` as a year: NaN when empty (filled later with the run's `year_fill`); `ValueError` when not a number in `RELEASE_YEARS`."
-    if value is None or value is pd.NA or (isinstance(value, str) and not value.strip()): return math.nan
-    if isinstance(value, (float, np.floating)) and math.isnan(value): return math.nan  # a CSV's empty cell
+    "`value` as a year: NaN when empty or outside `RELEASE_YEAR_RANGE` (unknown: filled with the run's `year_fill`); `ValueError` when not a finite number."
+    if is_empty(value): return math.nan
     try: year = float(value)
     except (TypeError, ValueError): raise ValueError(f'the year must be a number, not {str(value)!r}') from None
     if not math.isfinite(year): raise ValueError(f'the year must be a finite number, not {str(value)!r}')
-    if not RELEASE_YEARS[0] <= year <= RELEASE_YEARS[1]:
-        raise ValueError(f'the year {str(value)!r} is not a release year ({RELEASE_YEARS[0]} to {RELEASE_YEARS[1]}): a typo? '
-                         f'Leave it empty when the year is unknown')
-    return year
+    return year if RELEASE_YEAR_RANGE[0] <= year <= RELEASE_YEAR_RANGE[1] else math.nan
+
+def unknown_year_note(value, year_fill: float) -> str:
+    "What is said of a movie whose year `value` `parse_year` read as unknown: empty, or no release year."
+    used = f'used {year_fill:g}, the median year of the training data'
+    if is_empty(value): return f'no year: {used}'
+    return f'the year {str(value)!r} is no release year ({RELEASE_YEAR_RANGE[0]} to {RELEASE_YEAR_RANGE[1]}): {used}'
 
 def parse_years(values) -> tuple[np.ndarray, dict[int, str]]:
-    "Each of `values` `parse_year`d: float64 years, NaN where empty or bad, and `{position: error}` of the bad ones."
+    "Each of `values` `parse_year`d: float64 years, NaN where empty, unknown or bad, and `{position: error}` of the bad ones."
     years, errors = np.full(len(values), np.nan), {}
     for i, value in enumerate(values):
         try: years[i] = parse_year(value)
@@ -286,6 +295,7 @@ class _Problems:
     "Problems found in one CSV: per row (each with a kind, counted) and for the file as a whole."
     def __init__(self, table: pd.DataFrame):
         self.ids, self.rows, self.kinds, self.fatal = table['id'].tolist(), {}, Counter(), []
+    def row(self, i: int) -> str: return f'row {i} (line {csv_line(i)}, id {self.ids[i]!r})'
     def add(self, row: int, kind: str, file=None, detail: str = ''):
         where = f' {file}' if file is not None else ''
         self.rows.setdefault(int(row), []).append(f'{kind}{where}' + (f' ({detail})' if detail else ''))
@@ -293,7 +303,7 @@ class _Problems:
     def has(self, row: int, *kinds: str) -> bool: return any(m.startswith(kinds) for m in self.rows.get(row, []))
     def __bool__(self): return bool(self.rows or self.fatal)
     def summary(self, csv: Path) -> str:
-        lines = [f'  row {i} (line {csv_line(i)}, id {self.ids[i]!r}): {"; ".join(m)}' for i, m in sorted(self.rows.items())]
+        lines = [f'  {self.row(i)}: {"; ".join(m)}' for i, m in sorted(self.rows.items())]
         if len(lines) > SHOWN_PROBLEMS: lines = lines[:SHOWN_PROBLEMS] + [f'  ... and {len(lines) - SHOWN_PROBLEMS} more bad rows']
         kinds = ', '.join(f'{kind}: {n}' for kind, n in self.kinds.most_common())
         head = [f'{len(self.rows)} of {len(self.ids)} rows of {csv} are bad ({kinds}):'] if self.rows else []
@@ -368,6 +378,12 @@ def load_split(data_dir='data', split: str = 'train', image_size: int = 128, asp
 
     years, year_errors = parse_years(table['year'].tolist())
     for i in year_errors: problems.add(i, 'bad year', detail=repr(str(table['year'].iloc[i])))
+    outside = [i for i in np.flatnonzero(np.isnan(years)) if i not in year_errors and not is_empty(table['year'].iloc[i])]
+    if outside:  # kept for their posters and titles, with the fill year; said, so that a typo can be fixed
+        shown = '; '.join(f"{problems.row(i)}: {str(table['year'].iloc[i])!r}"
+                          for i in outside[:SHOWN_PROBLEMS])
+        print(f'note: {len(outside)} year(s) of {csv} are no release year ({RELEASE_YEAR_RANGE[0]} to {RELEASE_YEAR_RANGE[1]}: a typo, or 0 '
+              f'for unknown) and are read as unknown, given the fill year: {shown}' + (' ...' if len(outside) > SHOWN_PROBLEMS else ''))
 
     if labelled:
         parsed = []

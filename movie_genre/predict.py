@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import (WORD_VECTORS_FILE, DataError, MovieData, MovieDataset, eval_transforms, make_loader, parse_year,
-                              parse_years, poster_shape, project_path, read_csv, read_poster, resolve_path, title_lengths, tokenize)
+                              parse_years, poster_shape, project_path, read_csv, read_poster, resolve_path, title_lengths, tokenize,
+                              unknown_year_note)
 from .data import title_array as _title_array  # private name: `title_array` is an argument of the predictor
 from .runs import MODEL_FILE, THRESHOLDS_FILE, finished_folds, fold_list, run_thresholds
 from .metrics import decode
@@ -121,8 +122,6 @@ def _missing(value) -> bool:
     "True for None and NaN (a CSV's empty cell)."
     return value is None or (isinstance(value, float) and np.isnan(value))
 
-def _no_year_note(year_fill: float) -> str: return f'no year: used {year_fill:g}, the median year of the training data'
-
 def _word_vectors(predictor: Predictor, vectors, titles: Iterable) -> WordVectors | None:
     "`vectors` (path, `WordVectors` or mapping; default: the run's data's `word_vectors.txt`) as `WordVectors`, reading only the tokens of `titles` from a file."
     if vectors is None: vectors = predictor.default_vectors
@@ -175,10 +174,10 @@ def _prepare(predictor: Predictor, poster, title=None, title_array=None, year=No
     try: image = read_poster(poster, poster_shape(predictor.config.image_size, predictor.config.aspect))
     except Exception as e: raise ValueError(f'cannot read the poster {poster}: {type(e).__name__}: {e}') from e
     array, unknown, notes = _title_input(predictor, title, title_array, vectors, no_title)
-    year = parse_year(year)  # the data module's rule, as in training: empty is allowed, anything else must be a number
+    given, year = year, parse_year(year)  # the data module's rule, as in training: empty or no release year is unknown; else a number
     if math.isnan(year):
         year = predictor.year_fill
-        if predictor.uses_year: notes.append(_no_year_note(year))
+        if predictor.uses_year: notes.append(unknown_year_note(given, year))
     return dict(poster=str(poster), title=None if _missing(title) else str(title), year=year, image=image,
                 title_array=array, title_text=None if no_title or _missing(title) else str(title), unknown_words=unknown, notes=notes)
 
@@ -372,8 +371,9 @@ class TfidfPredictor:
         base = pd.DataFrame([_table_row(self.genres, None, {**r, 'year': r.get('year') if i in errors else y})
                              for i, (r, y) in enumerate(zip(rows, years))], columns=list(_table_row(self.genres, None, {})))
         base['error'] = [errors.get(i, '') for i in range(len(rows))]
-        base['notes'] = ['; '.join((['no title'] if t is None else []) + ([_no_year_note(self.year_fill)] if m and i not in errors else []))
-                         for i, (t, m) in enumerate(zip(titles, missing))]
+        base['notes'] = ['; '.join((['no title'] if t is None else [])
+                                   + ([unknown_year_note(r.get('year'), self.year_fill)] if m and i not in errors else []))
+                         for i, (r, t, m) in enumerate(zip(rows, titles, missing))]
         base['unknown_words'] = [[] for _ in rows]
         table = _decoded_table(rows, self.genres, probs, self.thresholds, self.max_genres, base)
         if report_bad: _report_bad(table)

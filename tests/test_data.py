@@ -106,7 +106,6 @@ BAD = {  # case: (breaker, the kind of problem the message names)
     'no genre': (sets_genres('[]'), 'no genre'),
     'year not a number': (sets_year('soon'), "bad year ('soon')"),
     'infinite year': (sets_year('inf'), "bad year ('inf')"),
-    'year 0 for unknown': (sets_year(0), "bad year ('0')"),
     'duplicate id': (duplicate_id, 'duplicate id'),
 }
 
@@ -154,6 +153,16 @@ def test_strict_names_the_bad_row_and_file(demo, case):
     assert kind in message and "on_bad='skip'" in message
     for row in bad_rows: assert f'row {row} (line {row + 2}, id {original.id[bad_rows[0]]})' in message
     if files[1] is not None: assert str(files[1]) in message
+
+
+def test_a_year_that_is_no_release_year_keeps_its_movie_and_is_said(demo, capsys):
+    "A typo (19995) or 0 written for unknown is read as a missing year (the fill year), not a bad row: the poster and title stay."
+    original, _ = break_rows(demo, [sets_year(0), sets_year(19995)])
+    data = load(demo)  # strict: no error
+    assert data.ids.tolist() == original.id.tolist() and data.year[1] == data.year[2] == data.year_fill
+    said = capsys.readouterr().out
+    assert f"2 year(s) of {demo / 'train.csv'} are no release year (1870 to 2100" in said, said
+    assert f"row 1 (line 3, id {original.id[1]}): '0'; row 2 (line 4, id {original.id[2]}): '19995'" in said, said
 
 
 def test_convertible_images_are_no_errors_and_load_as_rgb(pristine, demo):

@@ -324,21 +324,22 @@ def test_a_bad_year_fails_its_row_alone_in_every_predictor(run, capsys):
     "One bad year in a batch is that row's error, named, for a network, a TF-IDF run, a blend and a stack; the others are predicted."
     from movie_genre.predict import load_predictor
     tfidf_run(run)
-    movies = run.test.head(3)
+    movies = run.test.head(4)
     rows = pd.DataFrame({'poster': [str(run.data / 'test' / f'{i}.jpg') for i in movies.id], 'title': movies.title.tolist(),
                          'title_array': [str(run.data / 'test_w2v' / f'{i}.npy') for i in movies.id],
-                         'year': [movies.year.iloc[0], 'soon', None]})
+                         'year': [movies.year.iloc[0], 'soon', None, 0]})  # 0 for "unknown": no release year, read as unknown
     for spec, stack in (('p', False), ('t', False), ('p,t', False), ('p,t', True)):
         predictor = load_predictor(spec, run.runs, stack=stack)
         capsys.readouterr()
         table = predictor.predict_table(rows, progress=False)
         assert "the year must be a number, not 'soon'" in table.error[1] and pd.isna(table.Drama[1]), (spec, table.error[1])
-        assert list(table.error[[0, 2]]) == ['', ''] and all(table.genres[[0, 2]]), spec
+        assert list(table.error[[0, 2, 3]]) == ['', '', ''] and all(table.genres[[0, 2, 3]]), spec
         said = capsys.readouterr().out
-        assert '1 of 3 movies could not be predicted' in said and 'row 1 (' in said, (spec, said)
+        assert '1 of 4 movies could not be predicted' in said and 'row 1 (' in said, (spec, said)
         alone = predictor.predict_table(rows.iloc[[0, 2]], progress=False)  # the bad row changes nothing for the others
         assert np.allclose(alone[DEMO_GENRES].to_numpy(np.float64), table.loc[[0, 2], DEMO_GENRES].to_numpy(np.float64)), spec
         assert 'no year' in table.notes[2] and table.year[2] == predictor.year_fill, spec
+        assert "the year '0' is no release year (1870 to 2100)" in table.notes[3] and table.year[3] == predictor.year_fill, spec
 
 
 def test_predict_exits_1_when_a_row_fails_after_writing_the_others(run, tmp_path, capsys):
