@@ -412,9 +412,10 @@ def _run(args, parser):
         from movie_genre.demo import make_demo
         print(f'demo data written to {make_demo(_here(args.dest), args.n_train, args.n_test, args.dim, args.seed, force=args.force)}')
     elif args.command == 'train' and args.model == 'tfidf':
-        ignored = [option for option, value in (('--from-study', args.from_study), ('--storage', args.storage), ('--gpus', args.gpus)) if value]
-        if ignored: usage.error(f"{', '.join(ignored)}: an option of the network (--model network); the TF-IDF member has no study recipe "
-                                f"and trains on the CPU in seconds")
+        network_only = [option for option, value in (('--from-study', args.from_study), ('--storage', args.storage), ('--gpus', args.gpus))
+                        if value is not None]
+        if network_only: usage.error(f"{', '.join(network_only)}: for the network only (--model network); the TF-IDF member trains on "
+                                     f"the CPU and has no study recipe")
         from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
         params = _command_line_params(TfidfConfig, args.param, usage, run_name=args.run_name)
         for fold in folds_to_train(TfidfConfig, params, args.folds): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))

@@ -165,9 +165,9 @@ def test_quickstart_takes_training_parameters(monkeypatch):
 def test_tfidf_refuses_the_network_options_it_would_ignore(tmp_path, capsys):
     "`train --model tfidf --from-study S` (or --gpus) is a usage error naming the option, not a TF-IDF run that silently ignored it."
     from movie_genre.cli import main
-    for option in (['--from-study', 'posters8'], ['--gpus', '0']):
+    for option in (['--from-study', 'posters8'], ['--gpus', '0'], ['--storage', '']):
         with pytest.raises(SystemExit) as e: main(['train', '--model', 'tfidf', '--run-name', 'tf', *option, '-p', 'runs_dir', str(tmp_path)])
-        assert e.value.code == 2 and f'{option[0]}: an option of the network' in capsys.readouterr().err
+        assert e.value.code == 2 and f'{option[0]}: for the network only' in capsys.readouterr().err
     assert not (tmp_path / 'tf').exists()
 
 
