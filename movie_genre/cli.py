@@ -421,6 +421,8 @@ def _run(args, parser):
         for fold in folds_to_train(TfidfConfig, params, args.folds): train_tfidf_fold(TfidfConfig.from_dict({**params, 'fold': fold}))
     elif args.command == 'train':
         from movie_genre.train import TrainConfig
+        if args.storage is not None and not args.from_study:
+            usage.error('--storage: the database of --from-study, which is missing: name the study (--from-study NAME), or leave --storage out')
         params = _command_line_params(TrainConfig, args.param, usage, run_name=args.run_name)
         if args.from_study:
             from movie_genre.tune import recipe_of_study

@@ -171,6 +171,14 @@ def test_tfidf_refuses_the_network_options_it_would_ignore(tmp_path, capsys):
     assert not (tmp_path / 'tf').exists()
 
 
+def test_network_train_refuses_storage_without_a_study(tmp_path, capsys):
+    "`train --storage URL` without `--from-study` is a usage error: the storage only says where a study's recipe is read from."
+    from movie_genre.cli import main
+    with pytest.raises(SystemExit) as e: main(['train', '--run-name', 'n', '--storage', 'sqlite:///x.db', '-p', 'runs_dir', str(tmp_path)])
+    assert e.value.code == 2 and '--storage: the database of --from-study' in capsys.readouterr().err
+    assert not (tmp_path / 'n').exists()
+
+
 def test_train_takes_the_runs_own_folds_and_refuses_p_fold(run, tmp_path):
     "`--folds` defaults to every fold of the run's split; `-p fold` (the notebook's parameter) and folds out of range are errors."
     from movie_genre.cli import folds_to_train
