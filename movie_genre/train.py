@@ -272,7 +272,8 @@ def check_pseudo(cfg: TrainConfig):
                                 f'there is no {test_csv}: put the unlabelled posters there (the layout of train.csv, without genres), '
                                 f'or train without -p pseudo (to measure pseudo-labels there: -p pseudo_posters validation)')
     teachers = teacher_runs(cfg)
-    if cfg.run_name in teachers:
+    own_folder = run_path(cfg.run_name, cfg.runs_dir).resolve()
+    if any(run_path(teacher, cfg.runs_dir).resolve() == own_folder for teacher in teachers):  # './r' and 'r/' are r too
         raise ValueError(f'run {cfg.run_name} cannot be its own teacher (pseudo={cfg.pseudo!r}): name another run, trained first')
     own = run_path(cfg.run_name, cfg.runs_dir) / FOLDS_FILE
     split = _split_of(own.parent) if own.is_file() else None

@@ -135,7 +135,8 @@ def test_pseudo_labels_that_could_leak_are_refused_before_anything_runs(demo, tr
     refused(tiny(no_test, trained, 'x', pseudo='teacher'), FileNotFoundError, 'test.csv', 'without -p pseudo', '-p pseudo_posters validation')
     with pytest.raises(ValueError, match="pseudo_posters must be one of"): TrainConfig(pseudo='teacher', pseudo_posters='train')
     with pytest.raises(ValueError, match="needs -p pseudo TEACHER"): TrainConfig(pseudo_posters='validation')  # alone it would do nothing
-    refused(tiny(demo, trained, 'teacher', pseudo='teacher', overwrite=True), ValueError, 'its own teacher')
+    for itself in ('teacher', './teacher', 'teacher/', 'student,teacher/.'):  # any spelling of the run's own folder
+        refused(tiny(demo, trained, 'teacher', pseudo=itself, overwrite=True), ValueError, 'its own teacher')
     refused(tiny(demo, trained, 'x', pseudo='nobody'), FileNotFoundError, 'nobody', 'train the teacher first')
     (trained / 'ensembles' / 'teacher+student-stacked').mkdir(parents=True)
     refused(tiny(demo, trained, 'x', pseudo='teacher+student-stacked'), ValueError, 'fitted ensemble', 'member runs')
