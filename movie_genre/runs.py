@@ -27,8 +27,8 @@ from .metrics import tune_thresholds
 __all__ = ['FOLDS_FILE', 'SPLIT_FILE', 'THRESHOLDS_FILE', 'CONFIG_FILE', 'SUMMARY_FILE', 'MODEL_FILE', 'LAST_FILE', 'OOF_FILE',
            'TEST_FILE', 'ENVIRONMENT_FILE', 'LOCK_FILE', 'LOGS_DIR', 'ENSEMBLES_DIR', 'RETRAIN', 'OWNER_STALE_S',
            'RESUMABLE', 'SETTINGS_BEFORE', 'write_atomic', 'read_run_json', 'read_run_csv', 'run_path',
-           'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'FoldBusy',
-           'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs',
+           'load_or_make_folds', 'fold_numbers', 'finished_folds', 'oof_digest', 'fold_status', 'run_config',
+           'FoldBusy', 'lock_holder', 'fold_lock', 'RunResult', 'fold_list', 'chose_by_validation', 'mean_test_probs',
            'skipped_ids', 'same_setting', 'recorded_setting', 'config_differences', 'load_run', 'saved_thresholds',
            'save_thresholds', 'run_thresholds']
 
@@ -117,6 +117,13 @@ def fold_status(fold_dir) -> str:
         epochs = read_run_json(fold_dir / CONFIG_FILE).get('epochs', '?') if (fold_dir / CONFIG_FILE).is_file() else '?'
         return f'in progress: {len(read_run_csv(fold_dir / SUMMARY_FILE))} of {epochs} epochs'
     except ValueError as e: return f'broken: {e}'  # a status to show, not a reason to stop reading the run
+
+def run_config(run_dir, but=()) -> tuple[int, dict] | None:
+    "The first fold of `run_dir` (other than the folds `but`) that recorded a `config.json`, and that config; None when no fold has started."
+    for k in fold_numbers(run_dir):
+        config = Path(run_dir) / f'fold{k}' / CONFIG_FILE
+        if k not in but and config.is_file(): return k, read_run_json(config)
+    return None
 
 # %% ../nbs/03a_runs.ipynb #a6cae6f7
 class FoldBusy(RuntimeError):

@@ -27,14 +27,14 @@ from .metrics import f1_scores, decode, tune_thresholds
 from .model import ModelConfig, build_model
 from .runs import (CONFIG_FILE, chose_by_validation, ENSEMBLES_DIR, ENVIRONMENT_FILE, FOLDS_FILE, LAST_FILE, MODEL_FILE, OOF_FILE, RESUMABLE,
                               SUMMARY_FILE, TEST_FILE, finished_folds, fold_lock, fold_numbers, load_or_make_folds, read_run_json,
-                              read_run_csv, recorded_setting, run_path, same_setting, SETTINGS_BEFORE, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
+                              read_run_csv, recorded_setting, run_config, run_path, same_setting, SETTINGS_BEFORE, skipped_ids, SPLIT_FILE, fold_status, write_atomic)
 
 # %% auto #0
 __all__ = ['PSEUDO_SOURCES', 'NO_FITTED_TEACHER', 'FOLD_OUTPUTS', 'TrainConfig', 'seed_everything', 'genre_loss', 'mixup',
            'lr_lambda', 'make_optimizer', 'restore_scaler', 'probs_frame', 'optimizer_step', 'train_step',
            'fold_datasets', 'teacher_runs', 'teacher_fold', 'pseudo_targets', 'check_pseudo', 'adopt_teacher_split',
            'PseudoLabelled', 'with_pseudo_labels', 'Progress', 'config_changes', 'describe_changes', 'resume_state',
-           'environment_history', 'run_config', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold',
+           'environment_history', 'with_run_settings', 'check_fold', 'initial_model', 'train_fold',
            'environment_stretch']
 
 # %% ../nbs/03b_training.ipynb #65b7389f
@@ -399,13 +399,6 @@ def environment_history(previous: dict | None, stretch: dict) -> dict:
     return {**stretch, 'stretches': earlier + [stretch]}
 
 # %% ../nbs/03b_training.ipynb #e6d2b436
-def run_config(run_dir, but=()) -> tuple[int, dict] | None:
-    "The first fold of `run_dir` (other than the folds `but`) that recorded a `config.json`, and that config; None when no fold has started."
-    for k in fold_numbers(run_dir):
-        config = Path(run_dir) / f'fold{k}' / CONFIG_FILE
-        if k not in but and config.is_file(): return k, read_run_json(config)
-    return None
-
 def with_run_settings(params: dict) -> dict:
     "The driver's `params` (what the user gave) over the settings that change what is learnt recorded by the run's folds (`run_config`)."
     recorded = run_config(TrainConfig.from_dict({**params, 'fold': 1}).fold_dir.parent)
