@@ -18,7 +18,7 @@ from .config import FlatConfig
 from .data import BAD_ROWS_FILE, TOKEN_RE, MovieData, load_split, project_path
 from .metrics import decode, f1_scores, tune_thresholds
 from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, OOF_FILE, SUMMARY_FILE, TEST_FILE, fold_lock,
-                              load_or_make_folds, read_run_json, write_atomic)
+                              load_or_make_folds, read_run_json, run_config, write_atomic)
 
 # %% auto #0
 __all__ = ['TfidfConfig', 'TfidfModel', 'train_tfidf_fold']
@@ -109,6 +109,10 @@ def train_tfidf_fold(cfg: TfidfConfig, data: MovieData | None = None, test: Movi
     "Fit fold `cfg.fold` of the TF-IDF member into `cfg.fold_dir`; its validation scores (thresholds tuned on the fold)."
     out = cfg.fold_dir
     with fold_lock(out):
+        other = run_config(out.parent, but=(cfg.fold,))
+        if other and other[1].get('model') != 'tfidf':
+            raise ValueError(f'{out.parent} is a network run (its fold {other[0]}): a TF-IDF fold would mix two kinds of model in it. '
+                             f'Fit the TF-IDF member under another run name (movie-genre train --model tfidf --run-name tfidf)')
         if (out / OOF_FILE).is_file() and (out / MODEL_FILE).is_file() and not cfg.overwrite:
             recorded = read_run_json(out / CONFIG_FILE)
             changed = {k: (recorded.get(k), v) for k, v in asdict(cfg).items()

@@ -226,8 +226,10 @@ def teacher_fold(cfg: TrainConfig, teacher: str) -> Path:
     if cfg.fold not in finished_folds(run_dir) or not probs.is_file():
         status = fold_status(fold_dir)
         status = 'finished without test probabilities (its data had no test.csv?)' if status == 'finished' else status
+        kind = run_config(run_dir)
+        model = '--model tfidf ' if kind and kind[1].get('model') == 'tfidf' else ''
         raise FileNotFoundError(f'fold {cfg.fold} of {cfg.run_name} learns from fold {cfg.fold} of teacher run {teacher}, which is '
-                                f'{status}: no {probs}. Train it first (movie-genre train --run-name {teacher} '
+                                f'{status}: no {probs}. Train it first (movie-genre train {model}--run-name {teacher} '
                                 f'--folds {cfg.fold}, on this data)')
     config = read_run_json(fold_dir / CONFIG_FILE)
     if config.get('model') != 'tfidf':  # a TF-IDF fold is fitted once: it chose nothing
@@ -412,6 +414,11 @@ def check_fold(cfg: TrainConfig, retrained=()):
         raise ValueError(f'{cfg.fold_dir.parent} is a pretraining (movie-genre pretrain made it), not a training run: train under another '
                          f'run name; to start from its backbone, add -p init {cfg.run_name}')
     if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
+    other = run_config(cfg.fold_dir.parent, but=(cfg.fold,))
+    if other and other[1].get('model') == 'tfidf':
+        raise ValueError(f'{cfg.fold_dir.parent} is a TF-IDF run (its fold {other[0]}): a network fold would mix two kinds of model in '
+                         f'it. Train the network under another run name, or this fold of the TF-IDF member with movie-genre train '
+                         f'--model tfidf --run-name {cfg.run_name} --folds {cfg.fold}')
     split_csv(cfg.data_dir, 'train')
     if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
     backbone = check_backbone(cfg) if cfg.overwrite or not (cfg.fold_dir / LAST_FILE).exists() else None  # a resumed fold has its weights in last.pt

@@ -1,5 +1,6 @@
 """Pseudo-labels: fold k learns the test posters from fold k of its teacher, and no label of fold k's validation movies
 reaches fold k (the honesty test); pseudo-labels that could leak are refused before anything runs."""
+import json
 import shutil
 
 import numpy as np
@@ -188,3 +189,16 @@ def test_a_new_student_trains_every_fold_of_its_teacher_split(trained):
     from movie_genre.cli import folds_to_train
     params = {'run_name': 'new', 'runs_dir': str(trained), 'pseudo': 'teacher'}
     assert folds_to_train(TrainConfig, params, None) == [1, 2] and (params['folds'], params['fold_seed']) == (2, 42)  # not 1-8
+
+
+def test_a_run_holds_one_kind_of_model_and_the_advice_names_it(demo, trained):
+    "A TF-IDF teacher's missing fold is to be trained with --model tfidf; a network fold in a TF-IDF run, or the reverse, is refused."
+    from movie_genre.tfidf import TfidfConfig, train_tfidf_fold
+    tfidf = lambda run_name, **kw: TfidfConfig(data_dir=str(demo), runs_dir=str(trained), run_name=run_name, folds=FOLDS, **kw)
+    train_tfidf_fold(tfidf('tf', fold=1))
+    refused(tiny(demo, trained, 'x', pseudo='tf', fold=2), FileNotFoundError, 'movie-genre train --model tfidf --run-name tf --folds 2')
+    refused(tiny(demo, trained, 'tf', fold=2), ValueError, 'a TF-IDF run', '--model tfidf')
+    network = shutil.copytree(trained / 'teacher', trained / 'net')
+    with pytest.raises(ValueError, match='a network run'): train_tfidf_fold(tfidf('net', fold=1, overwrite=True))
+    assert 'model' not in json.loads((network / 'fold1' / 'config.json').read_text())  # its network fold is intact
+    shutil.rmtree(network); shutil.rmtree(trained / 'tf')
