@@ -25,9 +25,10 @@ from .runs import (CONFIG_FILE, FOLDS_FILE, MODEL_FILE, TEST_FILE, THRESHOLDS_FI
 
 # %% auto #0
 __all__ = ['FIGURES', 'IN_SAMPLE', 'Evaluation', 'cross_fitted_predictions', 'evaluate', 'plot_training_curves', 'write_figures',
-           'write_explanations', 'validate_submission', 'submission_frame', 'write_submission', 'predict_test_split',
-           'make_submission', 'tta_comparison', 'markdown_table', 'unlabelled_use', 'unlabelled_use_of_run',
-           'write_report', 'EvaluateConfig', 'evaluate_run']
+           'write_explanations', 'unlabelled_use', 'member_configs', 'unlabelled_use_of_run',
+           'pseudo_labelled_own_posters', 'validate_submission', 'submission_frame', 'write_submission',
+           'predict_test_split', 'make_submission', 'tta_comparison', 'markdown_table', 'write_report',
+           'EvaluateConfig', 'evaluate_run']
 
 # %% ../nbs/04a_evaluation.ipynb #5e40cbb8
 @dataclass
@@ -141,6 +142,41 @@ def write_explanations(ev: Evaluation, out_dir, data_dir=None, device: str = 'au
     if network: files['saliency'] = _save(saliency_grid(run, data, device=device), out_dir / 'saliency.png')
     return files
 
+# %% ../nbs/04a_evaluation.ipynb #d68ed15b
+def unlabelled_use(config: dict, test_posters: int | None = None) -> str:
+    "How a run with `config` learnt from posters without labels: pseudo-labels of `test_posters` test posters (teachers, weight) and a pretrained backbone (`init`); 'none'."
+    used = []
+    if config.get('pseudo'):
+        posters = ("fold k's own validation posters (unlabelled)" if config.get('pseudo_posters', 'test') == 'validation'
+                   else f"{test_posters if test_posters is not None else 'the'} test posters")
+        used.append(f"pseudo-labels: {posters}, soft-labelled by fold k of {config['pseudo']} (weight {config.get('pseudo_weight', 0.5):g})")
+    if config.get('init'): used.append(f"init: backbone pretrained as {config['init']}")
+    return '; '.join(used) or 'none'
+
+def member_configs(run: RunResult) -> dict[str, tuple[dict, int | None]]:
+    "`{run: (config, test posters)}` of a run, or of each trained member of an ensemble (the config of its first finished fold)."
+    if 'members' not in run.config: return {run.name: (run.config, None if run.test_probs is None else len(run.test_probs))}
+    runs_dir, configs = run.run_dir.parent.parent, {}  # an ensemble's folder is <runs_dir>/ensembles/<name>
+    for member in run.config['members']:
+        finished = finished_folds(runs_dir / member)
+        if not finished: continue
+        fold = runs_dir / member / f'fold{finished[0]}'
+        test = fold / TEST_FILE
+        configs[member] = json.loads((fold / CONFIG_FILE).read_text()), len(pd.read_csv(test)) if test.is_file() else None
+    return configs
+
+def unlabelled_use_of_run(run: RunResult) -> str:
+    "`unlabelled_use` of a run, or of each member of an ensemble that used unlabelled posters."
+    configs = member_configs(run)
+    if 'members' not in run.config: return unlabelled_use(*configs[run.name])
+    used = [f'{member}: {use}' for member, config in configs.items() if (use := unlabelled_use(*config)) != 'none']
+    return '; '.join(used) or 'none'
+
+def pseudo_labelled_own_posters(run: RunResult) -> list[str]:
+    "The runs (the run, or members of an ensemble) pseudo-labelled on each fold's own validation posters: a measurement, not a member to submit."
+    return [name for name, (config, _) in member_configs(run).items() if config.get('pseudo') and config.get('pseudo_posters') == 'validation']
+
+
 # %% ../nbs/04a_evaluation.ipynb #e5825c7e
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, max_genres: int = 3) -> None:
     "Raise ValueError listing every way `sub` differs from the form of `sample` (columns, ids, 0/1, 1..max_genres a row)."
@@ -236,6 +272,10 @@ def make_submission(run_name: str, data_dir=None, out='submission.csv', runs_dir
         run = replace(run, test_probs=probs[['id', *run.genres]], skipped_test=failed)
         source = f'{project_path(data_dir) / "test.csv"} predicted by the saved fold models'
     out = write_submission(run, [by_genre[g] for g in run.genres], sample_file, out)
+    if own := pseudo_labelled_own_posters(run):  # their out-of-fold F1 counts pseudo-labels of the very posters it scores
+        print(f"warning: {', '.join(own)} learnt from each fold's own validation posters (-p pseudo_posters validation, a measurement): "
+              f"the out-of-fold F1 and thresholds count that gain, its test predictions have none of it. For a submission, train "
+              f"it with -p pseudo_posters test (the test posters, soft-labelled)")
     print(f'submission of {run.name} ({source}, thresholds tuned for {saved["metric"]} F1) written to {out}')
     return out
 
@@ -279,31 +319,6 @@ def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
     lines = ['| ' + ' | '.join(map(str, table.columns)) + ' |', '|' + '---|' * len(table.columns)]
     lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in table.itertuples(index=False)]
     return '\n'.join(lines)
-
-# %% ../nbs/04a_evaluation.ipynb #d68ed15b
-def unlabelled_use(config: dict, test_posters: int | None = None) -> str:
-    "How a run with `config` learnt from posters without labels: pseudo-labels of `test_posters` test posters (teachers, weight) and a pretrained backbone (`init`); 'none'."
-    used = []
-    if config.get('pseudo'):
-        posters = ("fold k's own validation posters (unlabelled)" if config.get('pseudo_posters', 'test') == 'validation'
-                   else f"{test_posters if test_posters is not None else 'the'} test posters")
-        used.append(f"pseudo-labels: {posters}, soft-labelled by fold k of {config['pseudo']} (weight {config.get('pseudo_weight', 0.5):g})")
-    if config.get('init'): used.append(f"init: backbone pretrained as {config['init']}")
-    return '; '.join(used) or 'none'
-
-def unlabelled_use_of_run(run: RunResult) -> str:
-    "`unlabelled_use` of a run, or of each member of an ensemble that used unlabelled posters."
-    if 'members' not in run.config: return unlabelled_use(run.config, None if run.test_probs is None else len(run.test_probs))
-    runs_dir, used = run.run_dir.parent.parent, []  # an ensemble's folder is <runs_dir>/ensembles/<name>
-    for member in run.config['members']:
-        finished = finished_folds(runs_dir / member)
-        if not finished: continue
-        fold = runs_dir / member / f'fold{finished[0]}'
-        test = fold / TEST_FILE
-        use = unlabelled_use(json.loads((fold / CONFIG_FILE).read_text()), len(pd.read_csv(test)) if test.is_file() else None)
-        if use != 'none': used.append(f'{member}: {use}')
-    return '; '.join(used) or 'none'
-
 
 # %% ../nbs/04a_evaluation.ipynb #3469fe93
 def _tta_sentence(ev: Evaluation) -> str:

@@ -202,3 +202,14 @@ def test_a_run_holds_one_kind_of_model_and_the_advice_names_it(demo, trained):
     with pytest.raises(ValueError, match='a network run'): train_tfidf_fold(tfidf('net', fold=1, overwrite=True))
     assert 'model' not in json.loads((network / 'fold1' / 'config.json').read_text())  # its network fold is intact
     shutil.rmtree(network); shutil.rmtree(trained / 'tf')
+
+
+def test_a_submission_warns_of_members_pseudo_labelled_on_their_own_validation_posters(demo, trained, tmp_path, capsys):
+    "Their out-of-fold F1 counts a gain (pseudo-labels of the scored posters) that their test predictions lack: a measurement, not a member to submit."
+    from movie_genre.evaluate import make_submission
+    warning = "learnt from each fold's own validation posters"
+    make_submission('student', demo, tmp_path / 'a.csv', trained)
+    assert warning not in capsys.readouterr().out
+    make_submission('teacher,student-own', demo, tmp_path / 'b.csv', trained)
+    out = capsys.readouterr().out
+    assert f'warning: student-own {warning}' in out and '-p pseudo_posters test' in out and (tmp_path / 'b.csv').is_file()
