@@ -24,15 +24,17 @@ from .data import project_path, read_csv, split_csv
 from .processes import CHILDREN, STOP_SIGNALS, ChildProcesses, stopping_on_signals
 from .evaluate import cross_fitted_predictions, markdown_table
 from .metrics import f1_scores
+from .checkpoints import check_backbone
 from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, same_setting, write_atomic
 from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
 __all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space', 'suggest',
-           'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage', 'data_fingerprint',
-           'protocol', 'worker_sampler', 'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score',
-           'objective', 'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals', 'start_workers',
-           'load_study', 'trials_table', 'best_recipe', 'recipe_of_study', 'write_report', 'tune_command']
+           'checked_config', 'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage',
+           'data_fingerprint', 'protocol', 'worker_sampler', 'open_study', 'trial_run_name', 'check_run_folder',
+           'pooled_score', 'objective', 'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals',
+           'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study', 'write_report',
+           'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -93,17 +95,23 @@ def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict:
         else: values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
     return values
 
+def checked_config(params: dict) -> TrainConfig:
+    "`params` as a `TrainConfig`, with the backbone it starts from (`init`) fitting it (`check_backbone`); else the error saying why."
+    cfg = TrainConfig.from_dict(params)
+    check_backbone(cfg)
+    return cfg
+
 def trial_configs(recipe: dict, run_name: str, folds: list[int]) -> list[TrainConfig]:
     "One `TrainConfig` per fold of the trial: building them checks the recipe before anything trains."
-    try: return [TrainConfig.from_dict({**recipe, 'run_name': run_name, 'fold': k}) for k in folds]
-    except (TypeError, ValueError) as e: raise ValueError(f'invalid recipe, not trained: {e}') from None
+    try: return [checked_config({**recipe, 'run_name': run_name, 'fold': k}) for k in folds]
+    except (TypeError, ValueError, FileNotFoundError) as e: raise ValueError(f'invalid recipe, not trained: {e}') from None
 
 def check_space(space: dict[str, BaseDistribution], fixed: dict, fold: int = 1):
-    "Each end of each range, and each choice, of `space` must be a valid setting beside the `fixed` ones: a bad space is refused before any trial."
+    "Each end of each range, and each choice, of `space` must be a valid setting beside the `fixed` ones (and their backbone): a bad space is refused before any trial."
     for name, d in space.items():
         for value in d.choices if isinstance(d, CategoricalDistribution) else (d.low, d.high):
-            try: TrainConfig.from_dict({**fixed, name: value, 'fold': fold})
-            except (TypeError, ValueError) as e: raise ValueError(f'search space: {name} {value!r} is not a valid setting ({e}): '
+            try: checked_config({**fixed, name: value, 'fold': fold})
+            except (TypeError, ValueError, FileNotFoundError) as e: raise ValueError(f'search space: {name} {value!r} is not a valid setting ({e}): '
                                                                   f'narrow it with --space, or fix {name} with -p') from None
 
 # %% ../nbs/04d_tune.ipynb #0000000b
