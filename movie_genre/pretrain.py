@@ -192,9 +192,10 @@ def check_pretrain(cfg: PretrainConfig) -> dict | None:
 PRETRAIN_MACHINE = ('device', 'amp', 'amp_dtype', 'channels_last', 'threads', 'num_workers')  # this machine's, not the pretraining's
 
 def with_pretrain_settings(params: dict) -> dict:
-    "The user's `params` over the settings recorded in the pretraining's `pretrain.json` (but `PRETRAIN_MACHINE`, `overwrite` and where it is)."
-    recorded = PretrainConfig.from_dict(params).folder / PRETRAIN_FILE
-    if not recorded.is_file(): return dict(params)
+    "The user's `params` over the settings recorded in the pretraining's `pretrain.json` (but `PRETRAIN_MACHINE`, `overwrite` and where it is); `params` alone when it starts again (`overwrite`)."
+    cfg = PretrainConfig.from_dict(params)
+    recorded = cfg.folder / PRETRAIN_FILE
+    if cfg.overwrite or not recorded.is_file(): return dict(params)
     kept = [n for n in PretrainConfig.parameters() if n not in PRETRAIN_MACHINE + ('name', 'runs_dir', 'overwrite')]
     return {**{n: v for n, v in json.loads(recorded.read_text()).items() if n in kept}, **params}
 
