@@ -413,12 +413,12 @@ def check_fold(cfg: TrainConfig, retrained=()):
     if is_pretraining(cfg.fold_dir.parent):
         raise ValueError(f'{cfg.fold_dir.parent} is a pretraining (movie-genre pretrain made it), not a training run: train under another '
                          f'run name; to start from its backbone, add -p init {cfg.run_name}')
-    if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
-    other = run_config(cfg.fold_dir.parent, but=(cfg.fold,))
+    other = run_config(cfg.fold_dir.parent)
     if other and other[1].get('model') == 'tfidf':
         raise ValueError(f'{cfg.fold_dir.parent} is a TF-IDF run (its fold {other[0]}): a network fold would mix two kinds of model in '
                          f'it. Train the network under another run name, or this fold of the TF-IDF member with movie-genre train '
                          f'--model tfidf --run-name {cfg.run_name} --folds {cfg.fold}')
+    if cfg.fold in finished_folds(cfg.fold_dir.parent) and not cfg.overwrite: return  # nothing to train
     split_csv(cfg.data_dir, 'train')
     if (project_path(cfg.data_dir) / 'test.csv').is_file(): split_csv(cfg.data_dir, 'test')
     backbone = check_backbone(cfg) if cfg.overwrite or not (cfg.fold_dir / LAST_FILE).exists() else None  # a resumed fold has its weights in last.pt

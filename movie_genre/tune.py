@@ -107,11 +107,11 @@ def trial_configs(recipe: dict, run_name: str, folds: list[int]) -> list[TrainCo
     except (TypeError, ValueError, FileNotFoundError) as e: raise ValueError(f'invalid recipe, not trained: {e}') from None
 
 def check_space(space: dict[str, BaseDistribution], fixed: dict, fold: int = 1):
-    "Each end of each range, and each choice, of `space` must be a valid setting beside the `fixed` ones (and their backbone): a bad space is refused before any trial."
+    "Each end of each range, and each choice, of `space` must be a valid setting beside the `fixed` ones: a bad space is refused before any trial."
     for name, d in space.items():
         for value in d.choices if isinstance(d, CategoricalDistribution) else (d.low, d.high):
-            try: checked_config({**fixed, name: value, 'fold': fold})
-            except (TypeError, ValueError, FileNotFoundError) as e: raise ValueError(f'search space: {name} {value!r} is not a valid setting ({e}): '
+            try: TrainConfig.from_dict({**fixed, name: value, 'fold': fold})  # the backbone (init) is checked per trial, with its whole recipe
+            except (TypeError, ValueError) as e: raise ValueError(f'search space: {name} {value!r} is not a valid setting ({e}): '
                                                                   f'narrow it with --space, or fix {name} with -p') from None
 
 # %% ../nbs/04d_tune.ipynb #0000000b

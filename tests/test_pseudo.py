@@ -198,6 +198,7 @@ def test_a_run_holds_one_kind_of_model_and_the_advice_names_it(demo, trained):
     train_tfidf_fold(tfidf('tf', fold=1))
     refused(tiny(demo, trained, 'x', pseudo='tf', fold=2), FileNotFoundError, 'movie-genre train --model tfidf --run-name tf --folds 2')
     refused(tiny(demo, trained, 'tf', fold=2), ValueError, 'a TF-IDF run', '--model tfidf')
+    refused(tiny(demo, trained, 'tf', fold=1), ValueError, 'a TF-IDF run')  # its finished fold too: not read as a network's
     network = shutil.copytree(trained / 'teacher', trained / 'net')
     with pytest.raises(ValueError, match='a network run'): train_tfidf_fold(tfidf('net', fold=1, overwrite=True))
     assert 'model' not in json.loads((network / 'fold1' / 'config.json').read_text())  # its network fold is intact
