@@ -57,8 +57,9 @@ RECIPES['ours-pseudo'] = dict(pseudo='ours', pseudo_posters='validation')
 RECIPES['ours-pseudo-tfidf'] = dict(pseudo='tfidf', pseudo_posters='validation')
 RECIPES['ours-ssl8'] = dict(init='ssl8')
 RECIPES['ours-ssl8-pseudo'] = dict(init='ssl8', pseudo='ours', pseudo_posters='validation')  # both
-# The second network member of the recommended stack (`ours-48px`), taught by the stronger first one (`ours-ssl8`): each
-# network member then learns from the unlabelled posters, one by pretraining, the other by pseudo-labels.
+# The stack's second network (`ours-48px`), taught by the stronger first one (`ours-ssl8`), so that each network member learns
+# from the unlabelled posters, one by pretraining, the other by pseudo-labels. On its own validation posters: a measurement (for
+# a submission, the same recipe on the test posters, the default pseudo_posters).
 RECIPES['ours-48px-pseudo'] = dict(image_size=48, seed=2, pseudo='ours-ssl8', pseudo_posters='validation')
 PRETRAININGS = {'ssl8': dict(image_size=48, epochs=30)}  # 72x48 posters: half the CPU of 96x64; the backbone fits any poster size
 
