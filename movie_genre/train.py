@@ -446,11 +446,11 @@ def initial_model(cfg: TrainConfig, n_genres: int, title_len: int, title_dim: in
     model = build_model(cfg, n_genres, title_len, title_dim)
     return model, load_backbone(model, cfg) if with_backbone else None
 
-def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData | None = None) -> dict:
-    "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the scores of the epoch it predicts with."
+def train_fold(cfg: TrainConfig, data: MovieData | None = None, test: MovieData | None = None, on_epoch=None) -> dict:
+    "Train fold `cfg.fold` into `cfg.fold_dir` (resuming when it holds a `last.pt`); return the scores of the epoch it predicts with. `on_epoch(row, finished)` sees each epoch's `summary.csv` row once `last.pt` holds it: an exception it raises stops the fold there, resumable."
     with fold_lock(cfg.fold_dir):
         check_fold(cfg)
-        return _train_fold(cfg, data, test)
+        return _train_fold(cfg, data, test, on_epoch)
 
 def _backbone_line(name: str, backbone: dict, runs_dir, resumed: bool = False) -> str:
     "What fold `name` started its poster network from; a resumed fold's pretraining file may have been redone since (it goes on regardless)."
@@ -460,7 +460,7 @@ def _backbone_line(name: str, backbone: dict, runs_dir, resumed: bool = False) -
         line += f', as it was when the fold started: {path} holds another backbone now' if path.is_file() else ', which is gone now'
     return line
 
-def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None) -> dict:
+def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None, on_epoch=None) -> dict:
     out, name = cfg.fold_dir, f'fold {cfg.fold} of {cfg.run_name}'
     if cfg.overwrite:
         for file in FOLD_OUTPUTS: (out / file).unlink(missing_ok=True)
@@ -562,6 +562,7 @@ def _train_fold(cfg: TrainConfig, data: MovieData | None, test: MovieData | None
         print(f"fold {cfg.fold} epoch {epoch + 1:3d}/{cfg.epochs}  train {row['train_loss']:.4f}  valid {valid_loss:.4f}  "
               f"F1 micro {scores['f1_micro']:.4f} macro {scores['f1_macro']:.4f} samples {scores['f1_samples']:.4f}  "
               f"{row['seconds']:.0f}s {row['images_per_s']:.0f} img/s{'  *' if improved and cfg.select == 'best' else ''}", flush=True)
+        if on_epoch: on_epoch(row, finished)  # a tuning trial's pruner: it may stop the fold here
         if finished:
             if stopped_early: print(f'early stop: no better {cfg.metric} F1 for {cfg.patience} epochs')
             break

@@ -29,12 +29,12 @@ from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, same_se
 from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
-__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution', 'search_space', 'suggest',
-           'checked_config', 'trial_configs', 'check_space', 'default_storage', 'shown_url', 'open_storage',
-           'data_fingerprint', 'protocol', 'worker_sampler', 'open_study', 'trial_run_name', 'check_run_folder',
-           'pooled_score', 'objective', 'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals',
-           'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study', 'write_report',
-           'tune_command']
+__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'PRUNING_STEPS', 'CAUGHT', 'distribution',
+           'search_space', 'suggest', 'checked_config', 'trial_configs', 'check_space', 'default_storage', 'shown_url',
+           'open_storage', 'data_fingerprint', 'protocol', 'worker_sampler', 'open_study', 'trial_run_name',
+           'check_run_folder', 'pooled_score', 'pruning_step', 'objective', 'fixed_settings', 'prepare', 'tune_worker',
+           'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
+           'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -170,7 +170,7 @@ def worker_sampler(seed: int | None, trials_before: int) -> optuna.samplers.TPES
 
 def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
     "Study `name` in `storage`, created with `protocol_` when new; a worker with another protocol is refused, naming the differences."
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)  # a first epoch says little
     study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat), pruner=pruner,
                                 direction='maximize', load_if_exists=True)
     study.sampler = worker_sampler(seed, len(study.get_trials(deepcopy=False)))
@@ -183,6 +183,7 @@ def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, se
 
 # %% ../nbs/04d_tune.ipynb #00000011
 TRIAL_FILE, PRUNED_FILE = 'trial.json', 'pruned.txt'
+PRUNING_STEPS = 1000  # steps per fold: epoch e of the k-th fold reports at 1000·(k-1) + e
 CAUGHT = (ValueError, TypeError, FloatingPointError, RuntimeError)  # a trial's own failure (bad recipe, NaN loss, busy fold, out of memory): the study goes on
 
 def trial_run_name(study: str, trial: optuna.Trial) -> str:
@@ -204,8 +205,12 @@ def pooled_score(run_name: str, runs_dir, folds: list[int], metric: str = 'macro
     if run.finished != sorted(folds): raise ValueError(f'run {run_name} has finished folds {fold_list(run.finished)}, not {fold_list(folds)}')
     return float(f1_scores(run.labels, cross_fitted_predictions(run, metric))[metric])
 
+def pruning_step(fold_index: int, epoch: int) -> int:
+    "The step at which epoch `epoch` of the trial's `fold_index`-th fold (from 0) reports: trials are compared at the same fold and epoch, whatever their schedules."
+    return PRUNING_STEPS * fold_index + epoch
+
 def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: list[int], metric: str = 'macro') -> float:
-    "Train the trial's recipe on `folds` with `train_fold` (each finished fold reports its F1 to the pruner) and return its pooled, cross-fitted score."
+    "Train the trial's recipe on `folds` with `train_fold` (each epoch reports the mean validation F1 of the finished folds and this one to the pruner) and return its pooled, cross-fitted score."
     run_name = trial_run_name(study, trial)
     configs = trial_configs({**suggest(trial, space), **fixed}, run_name, folds)  # a bad recipe fails here, before any training
     check_run_folder(configs)
@@ -214,16 +219,29 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
         trial.set_user_attr(name, value)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / TRIAL_FILE, json.dumps(dict(study=study, trial=trial.number, params=trial.params, folds=folds, metric=metric), indent=1))
-    values = []
-    for step, cfg in enumerate(configs, 1):
-        values.append(train_fold(cfg)[f'f1_{metric}'])
+    values = []  # the finished folds' validation F1
+
+    def prune(index: int, epoch: int, value: float, fold_done: bool):
+        where = f'fold {configs[index].fold}' + ('' if fold_done else f' at epoch {epoch}/{configs[index].epochs} (its last.pt holds it)')
+        message = (f'trial {trial.number} of study {study} was pruned after {where}: its mean validation {metric} F1 {value:.4f} was below '
+                   f'the median of earlier trials at that point; ' + (f'folds {fold_list(folds[index + 1:])} were not trained' if index + 1 < len(folds) else 'it has no other fold'))
+        write_atomic(run_dir / PRUNED_FILE, message + '\n')
+        raise optuna.TrialPruned(message)
+
+    reported = set()
+    def report(index: int, epoch: int, value: float):
+        if (step := pruning_step(index, epoch)) not in reported: trial.report(value, step); reported.add(step)
+
+    for index, cfg in enumerate(configs):
+        def each_epoch(row, fold_finished, index=index):
+            value = float(np.mean([*values, row[f'f1_{metric}']]))
+            report(index, int(row['epoch']), value)
+            if not fold_finished and trial.should_prune(): prune(index, int(row['epoch']), value, False)
+        result = train_fold(cfg, on_epoch=each_epoch)
+        values.append(result[f'f1_{metric}'])
         trial.set_user_attr(f'fold{cfg.fold}', values[-1])
-        trial.report(float(np.mean(values)), step)
-        if step < len(configs) and trial.should_prune():
-            message = (f'trial {trial.number} of study {study} was pruned after {step} fold(s): its mean validation {metric} F1 '
-                       f'{np.mean(values):.4f} was below the median of earlier trials at that point; its other folds ({fold_list(folds[step:])}) were not trained')
-            write_atomic(run_dir / PRUNED_FILE, message + '\n')
-            raise optuna.TrialPruned(message)
+        report(index, result['epochs_run'], float(np.mean(values)))  # a fold a retry found finished reports here
+        if index + 1 < len(configs) and trial.should_prune(): prune(index, result['epochs_run'], float(np.mean(values)), True)
     return pooled_score(run_name, configs[0].runs_dir, folds, metric)
 
 # %% ../nbs/04d_tune.ipynb #00000013
