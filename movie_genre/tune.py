@@ -29,12 +29,12 @@ from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, same_se
 from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
-__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'TRIAL_FILE', 'PRUNED_FILE', 'PRUNING_STEPS', 'CAUGHT', 'distribution',
+__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'PRUNING', 'PRUNING_STEPS', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution',
            'search_space', 'suggest', 'checked_config', 'trial_configs', 'check_space', 'default_storage', 'shown_url',
-           'open_storage', 'data_fingerprint', 'protocol', 'worker_sampler', 'open_study', 'trial_run_name',
-           'check_run_folder', 'pooled_score', 'pruning_step', 'objective', 'fixed_settings', 'prepare', 'tune_worker',
-           'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe', 'recipe_of_study',
-           'write_report', 'tune_command']
+           'open_storage', 'data_fingerprint', 'protocol', 'pruning_step', 'FoldMedianPruner', 'worker_sampler',
+           'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'fixed_settings', 'prepare',
+           'tune_worker', 'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe',
+           'recipe_of_study', 'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -155,11 +155,36 @@ def data_fingerprint(data_dir='data') -> str:
     table = read_csv(split_csv(data_dir, 'train'), usecols=['id', 'genres'])
     return hashlib.sha256(table.sort_values('id').to_csv(index=False).encode()).hexdigest()[:16]
 
+PRUNING = 'median at each share of each fold'  # what the trials' reports mean (`FoldMedianPruner`): workers must agree on it
+
 def protocol(folds: list[int], metric: str, fixed: dict, space: dict[str, BaseDistribution], data: str = '') -> dict:
-    "What makes two trials comparable: the data's movies (`data_fingerprint`), the folds, the metric, the recipe settings fixed with `-p`, and the search space."
-    return {'data': data, 'folds': folds, 'metric': metric,
+    "What makes two trials comparable: the data's movies (`data_fingerprint`), the folds, the metric, the recipe settings fixed with `-p`, the search space, and what their reports to the pruner mean."
+    return {'data': data, 'folds': folds, 'metric': metric, 'pruning': PRUNING,
             'fixed': {k: v for k, v in sorted(fixed.items()) if k not in RESUMABLE},
             'space': {n: optuna.distributions.distribution_to_json(d) for n, d in sorted(space.items())}}
+
+PRUNING_STEPS = 1000  # steps per fold: the k-th fold reports in (1000·(k-1), 1000·k], at its share of its epochs
+
+def pruning_step(fold_index: int, epoch: int, epochs: int) -> int:
+    "The step at which epoch `epoch` of `epochs` of the trial's `fold_index`-th fold (from 0) reports: the fold, and the share of its schedule done."
+    return PRUNING_STEPS * fold_index + max(1, round(PRUNING_STEPS * epoch / epochs))
+
+class FoldMedianPruner(optuna.pruners.BasePruner):
+    "Prune a trial whose latest value is below the median of the complete trials' at the same point: the same fold, the same share of its epochs (their last report at or before it)."
+    def __init__(self, n_startup_trials: int = 4, warmup: float = 0.3):
+        self.n_startup_trials, self.warmup = n_startup_trials, warmup  # no pruning before `warmup` of the first fold: a first epoch says little
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.warmup * PRUNING_STEPS: return False
+        fold_start = (step - 1) // PRUNING_STEPS * PRUNING_STEPS
+        others = []
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            reached = [s for s in t.intermediate_values if fold_start < s <= step]
+            if reached: others.append(t.intermediate_values[max(reached)])
+        if len(others) < self.n_startup_trials: return False
+        value = trial.intermediate_values[step]
+        return not (value >= np.median(others) if study.direction == optuna.study.StudyDirection.MAXIMIZE else value <= np.median(others))  # NaN: pruned
 
 def worker_sampler(seed: int | None, trials_before: int) -> optuna.samplers.TPESampler:
     "The TPE sampler of a worker that joins a study holding `trials_before` trials: `seed` and that count seed it, so a worker that rejoins with its `--seed` draws new recipes, and a new study with that seed the same ones."
@@ -170,7 +195,7 @@ def worker_sampler(seed: int | None, trials_before: int) -> optuna.samplers.TPES
 
 def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, seed: int | None = None) -> optuna.Study:
     "Study `name` in `storage`, created with `protocol_` when new; a worker with another protocol is refused, naming the differences."
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)  # a first epoch says little
+    pruner = FoldMedianPruner(n_startup_trials=4)
     study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat), pruner=pruner,
                                 direction='maximize', load_if_exists=True)
     study.sampler = worker_sampler(seed, len(study.get_trials(deepcopy=False)))
@@ -183,7 +208,6 @@ def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, se
 
 # %% ../nbs/04d_tune.ipynb #00000011
 TRIAL_FILE, PRUNED_FILE = 'trial.json', 'pruned.txt'
-PRUNING_STEPS = 1000  # steps per fold: epoch e of the k-th fold reports at 1000·(k-1) + e
 CAUGHT = (ValueError, TypeError, FloatingPointError, RuntimeError)  # a trial's own failure (bad recipe, NaN loss, busy fold, out of memory): the study goes on
 
 def trial_run_name(study: str, trial: optuna.Trial) -> str:
@@ -205,10 +229,6 @@ def pooled_score(run_name: str, runs_dir, folds: list[int], metric: str = 'macro
     if run.finished != sorted(folds): raise ValueError(f'run {run_name} has finished folds {fold_list(run.finished)}, not {fold_list(folds)}')
     return float(f1_scores(run.labels, cross_fitted_predictions(run, metric))[metric])
 
-def pruning_step(fold_index: int, epoch: int) -> int:
-    "The step at which epoch `epoch` of the trial's `fold_index`-th fold (from 0) reports: trials are compared at the same fold and epoch, whatever their schedules."
-    return PRUNING_STEPS * fold_index + epoch
-
 def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: list[int], metric: str = 'macro') -> float:
     "Train the trial's recipe on `folds` with `train_fold` (each epoch reports the mean validation F1 of the finished folds and this one to the pruner) and return its pooled, cross-fitted score."
     run_name = trial_run_name(study, trial)
@@ -221,27 +241,25 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
     write_atomic(run_dir / TRIAL_FILE, json.dumps(dict(study=study, trial=trial.number, params=trial.params, folds=folds, metric=metric), indent=1))
     values = []  # the finished folds' validation F1
 
-    def prune(index: int, epoch: int, value: float, fold_done: bool):
-        where = f'fold {configs[index].fold}' + ('' if fold_done else f' at epoch {epoch}/{configs[index].epochs} (its last.pt holds it)')
+    def report(index: int, step: int, value: float, where: str):
+        trial.report(value, step)
+        if not trial.should_prune(): return
+        rest = folds[index + 1:]
         message = (f'trial {trial.number} of study {study} was pruned after {where}: its mean validation {metric} F1 {value:.4f} was below '
-                   f'the median of earlier trials at that point; ' + (f'folds {fold_list(folds[index + 1:])} were not trained' if index + 1 < len(folds) else 'it has no other fold'))
+                   f'the median of the complete trials at that point of that fold; ' + (f'{"fold" if len(rest) == 1 else "folds"} {fold_list(rest)} not trained' if rest else 'it had no other fold'))
+        trial.set_user_attr('pruned_at', where)
         write_atomic(run_dir / PRUNED_FILE, message + '\n')
         raise optuna.TrialPruned(message)
 
-    reported = set()
-    def report(index: int, epoch: int, value: float):
-        if (step := pruning_step(index, epoch)) not in reported: trial.report(value, step); reported.add(step)
-
     for index, cfg in enumerate(configs):
-        def each_epoch(row, fold_finished, index=index):
-            value = float(np.mean([*values, row[f'f1_{metric}']]))
-            report(index, int(row['epoch']), value)
-            if not fold_finished and trial.should_prune(): prune(index, int(row['epoch']), value, False)
-        result = train_fold(cfg, on_epoch=each_epoch)
-        values.append(result[f'f1_{metric}'])
+        def each_epoch(row, fold_finished, index=index, cfg=cfg):
+            if fold_finished: return  # the fold's own result reports below (with select='best', not this epoch's F1)
+            epoch = int(row['epoch'])
+            report(index, pruning_step(index, epoch, cfg.epochs), float(np.mean([*values, row[f'f1_{metric}']])),
+                   f'fold {cfg.fold} epoch {epoch}/{cfg.epochs} (its last.pt holds it)')
+        values.append(train_fold(cfg, on_epoch=each_epoch)[f'f1_{metric}'])
         trial.set_user_attr(f'fold{cfg.fold}', values[-1])
-        report(index, result['epochs_run'], float(np.mean(values)))  # a fold a retry found finished reports here
-        if index + 1 < len(configs) and trial.should_prune(): prune(index, result['epochs_run'], float(np.mean(values)), True)
+        if index + 1 < len(configs): report(index, PRUNING_STEPS * (index + 1), float(np.mean(values)), f'fold {cfg.fold}')
     return pooled_score(run_name, configs[0].runs_dir, folds, metric)
 
 # %% ../nbs/04d_tune.ipynb #00000013
@@ -320,13 +338,14 @@ def load_study(study: str, storage: str) -> optuna.Study:
         raise ValueError(f'no study {study!r} in {shown_url(storage)} (studies there: {", ".join(names) or "none"})') from None
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    "One row per trial: state, score, each fold's validation F1, minutes, worker host, run folder, the trial it retries, its parameters, its error."
+    "One row per trial: state, score, each fold's validation F1, where a pruned one stopped, minutes, worker host, run folder, the trial it retries, its parameters, its error."
     folds = study.user_attrs.get('protocol', {}).get('folds', [])
     rows = []
     for t in study.get_trials(deepcopy=False):
         ended = t.datetime_complete or (pd.Timestamp.now().to_pydatetime() if t.state.name == 'RUNNING' else None)
         rows.append({'trial': t.number, 'state': t.state.name, 'score': t.value if t.state.name == 'COMPLETE' else np.nan,
                      **{f'fold{k}': t.user_attrs.get(f'fold{k}', np.nan) for k in folds},
+                     'pruned_at': t.user_attrs.get('pruned_at', ''),
                      'minutes': (ended - t.datetime_start).total_seconds() / 60 if ended and t.datetime_start else np.nan,
                      'host': t.user_attrs.get('host', ''), 'run': t.user_attrs.get('run_name', ''),
                      'retry_of': t.system_attrs.get('failed_trial', ''), **t.params, 'error': t.user_attrs.get('error', '')})
@@ -400,9 +419,10 @@ def write_report(study: optuna.Study, out_dir, storage: str) -> Path:
                   'Train it on every fold, then evaluate it like any run:', '', '```bash',
                   f'movie-genre train --from-study {name}{storage_option} --run-name {name}-best --folds 1-8',
                   f'movie-genre evaluate --run-name {name}-best', '```', '']
-    shown = table.drop(columns=[c for c in ('error',) if c in table and not table[c].astype(bool).any()])
+    shown = table.drop(columns=[c for c in ('error', 'pruned_at') if c in table and not table[c].astype(bool).any()])
     lines += ['## Trials', '', f'`score`: the pooled, cross-fitted {metric} F1 the study maximises; `fold<k>`: that fold\'s own validation '
-              f'F1 with thresholds tuned on it (what the pruner compares, optimistic).', '', markdown_table(shown.sort_values('score', ascending=False)) if len(shown) else 'none yet', '']
+              f'F1 with thresholds tuned on it (optimistic; the pruner compares these epoch by epoch, averaged over the folds trained so far); '
+              f'`pruned_at`: the epoch after which the pruner stopped the trial.', '', markdown_table(shown.sort_values('score', ascending=False)) if len(shown) else 'none yet', '']
     return write_atomic(out_dir / 'report.md', '\n'.join(lines))
 
 # %% ../nbs/04d_tune.ipynb #0000001a
