@@ -29,12 +29,12 @@ from .runs import CONFIG_FILE, RESUMABLE, fold_list, load_run, run_path, same_se
 from .train import TrainConfig, config_changes, describe_changes, train_fold
 
 # %% auto #0
-__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'PRUNING', 'PRUNING_STEPS', 'TRIAL_FILE', 'PRUNED_FILE', 'CAUGHT', 'distribution',
-           'search_space', 'suggest', 'checked_config', 'trial_configs', 'check_space', 'default_storage', 'shown_url',
-           'open_storage', 'data_fingerprint', 'protocol', 'pruning_step', 'FoldMedianPruner', 'worker_sampler',
-           'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score', 'objective', 'fixed_settings', 'prepare',
-           'tune_worker', 'interrupt_on_stop_signals', 'start_workers', 'load_study', 'trials_table', 'best_recipe',
-           'recipe_of_study', 'write_report', 'tune_command']
+__all__ = ['SEARCH_SPACE', 'NOT_SEARCHABLE', 'PRUNING', 'PRUNING_STEPS', 'TRIAL_FILE', 'PRUNED_FILE', 'KEPT', 'CAUGHT',
+           'distribution', 'search_space', 'suggest', 'checked_config', 'trial_configs', 'check_space',
+           'default_storage', 'shown_url', 'open_storage', 'data_fingerprint', 'protocol', 'pruning_step',
+           'FoldMedianPruner', 'worker_sampler', 'open_study', 'trial_run_name', 'check_run_folder', 'pooled_score',
+           'objective', 'fixed_settings', 'prepare', 'tune_worker', 'interrupt_on_stop_signals', 'start_workers',
+           'load_study', 'trials_table', 'best_recipe', 'recipe_of_study', 'write_report', 'tune_command']
 
 # %% ../nbs/04d_tune.ipynb #00000005
 SEARCH_SPACE = {  # the recipe's levers: a range {low, high[, log][, step]} or {choices: [...]}; the defaults sit inside each
@@ -167,7 +167,7 @@ PRUNING_STEPS = 1000  # steps per fold: the k-th fold reports in (1000·(k-1), 1
 
 def pruning_step(fold_index: int, epoch: int, epochs: int) -> int:
     "The step at which epoch `epoch` of `epochs` of the trial's `fold_index`-th fold (from 0) reports: the fold, and the share of its schedule done."
-    return PRUNING_STEPS * fold_index + max(1, round(PRUNING_STEPS * epoch / epochs))
+    return PRUNING_STEPS * fold_index + min(PRUNING_STEPS - 1, max(1, round(PRUNING_STEPS * epoch / epochs)))  # the fold's end is its own
 
 class FoldMedianPruner(optuna.pruners.BasePruner):
     "Prune a trial whose latest value is below the median of the complete trials' at the same point: the same fold, the same share of its epochs (their last report at or before it)."
@@ -180,8 +180,9 @@ class FoldMedianPruner(optuna.pruners.BasePruner):
         fold_start = (step - 1) // PRUNING_STEPS * PRUNING_STEPS
         others = []
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get('pruning') != PRUNING: continue  # a worker of another version reported other steps
             reached = [s for s in t.intermediate_values if fold_start < s <= step]
-            if reached: others.append(t.intermediate_values[max(reached)])
+            if reached and np.isfinite(t.intermediate_values[max(reached)]): others.append(t.intermediate_values[max(reached)])
         if len(others) < self.n_startup_trials: return False
         value = trial.intermediate_values[step]
         return not (value >= np.median(others) if study.direction == optuna.study.StudyDirection.MAXIMIZE else value <= np.median(others))  # NaN: pruned
@@ -201,13 +202,16 @@ def open_study(name: str, storage: str, protocol_: dict, heartbeat: int = 60, se
     study.sampler = worker_sampler(seed, len(study.get_trials(deepcopy=False)))
     recorded = study.user_attrs.get('protocol')
     if recorded is None: study.set_user_attr('protocol', protocol_); return study
-    differences = [f'{k}: the study has {recorded.get(k)!r}, this worker {v!r}' for k, v in protocol_.items() if recorded.get(k) != v]
+    keys = [*protocol_, *(k for k in recorded if k not in protocol_)]  # both ways: a key only one side has differs too
+    differences = [f'{k}: the study has {recorded.get(k)!r}, this worker {protocol_.get(k)!r}' for k in keys if recorded.get(k) != protocol_.get(k)]
     if differences: raise ValueError(f'study {name!r} was started with another protocol ({"; ".join(differences)}): join it with the '
-                                     f'same data, --folds, --metric, -p and --space, or start a new --study')
+                                     f'same data, --folds, --metric, -p and --space, or start a new --study'
+                                     + ('; its pruning scheme is another version of movie-genre\'s: finish it with that version' if any(d.startswith('pruning') for d in differences) else ''))
     return study
 
 # %% ../nbs/04d_tune.ipynb #00000011
 TRIAL_FILE, PRUNED_FILE = 'trial.json', 'pruned.txt'
+KEPT = ' (its last.pt holds it)'  # a fold pruned mid-way resumes from that epoch
 CAUGHT = (ValueError, TypeError, FloatingPointError, RuntimeError)  # a trial's own failure (bad recipe, NaN loss, busy fold, out of memory): the study goes on
 
 def trial_run_name(study: str, trial: optuna.Trial) -> str:
@@ -235,7 +239,7 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
     configs = trial_configs({**suggest(trial, space), **fixed}, run_name, folds)  # a bad recipe fails here, before any training
     check_run_folder(configs)
     run_dir = run_path(run_name, configs[0].runs_dir)
-    for name, value in dict(run_name=run_name, host=socket.gethostname(), pid=os.getpid(), data_dir=configs[0].data_dir).items():
+    for name, value in dict(run_name=run_name, host=socket.gethostname(), pid=os.getpid(), data_dir=configs[0].data_dir, pruning=PRUNING).items():
         trial.set_user_attr(name, value)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / TRIAL_FILE, json.dumps(dict(study=study, trial=trial.number, params=trial.params, folds=folds, metric=metric), indent=1))
@@ -247,7 +251,7 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
         rest = folds[index + 1:]
         message = (f'trial {trial.number} of study {study} was pruned after {where}: its mean validation {metric} F1 {value:.4f} was below '
                    f'the median of the complete trials at that point of that fold; ' + (f'{"fold" if len(rest) == 1 else "folds"} {fold_list(rest)} not trained' if rest else 'it had no other fold'))
-        trial.set_user_attr('pruned_at', where)
+        trial.set_user_attr('pruned_at', where.removesuffix(KEPT))
         write_atomic(run_dir / PRUNED_FILE, message + '\n')
         raise optuna.TrialPruned(message)
 
@@ -256,7 +260,7 @@ def objective(trial: optuna.Trial, study: str, space: dict, fixed: dict, folds: 
             if fold_finished: return  # the fold's own result reports below (with select='best', not this epoch's F1)
             epoch = int(row['epoch'])
             report(index, pruning_step(index, epoch, cfg.epochs), float(np.mean([*values, row[f'f1_{metric}']])),
-                   f'fold {cfg.fold} epoch {epoch}/{cfg.epochs} (its last.pt holds it)')
+                   f'fold {cfg.fold} epoch {epoch}/{cfg.epochs}{KEPT}')
         values.append(train_fold(cfg, on_epoch=each_epoch)[f'f1_{metric}'])
         trial.set_user_attr(f'fold{cfg.fold}', values[-1])
         if index + 1 < len(configs): report(index, PRUNING_STEPS * (index + 1), float(np.mean(values)), f'fold {cfg.fold}')
@@ -422,7 +426,7 @@ def write_report(study: optuna.Study, out_dir, storage: str) -> Path:
     shown = table.drop(columns=[c for c in ('error', 'pruned_at') if c in table and not table[c].astype(bool).any()])
     lines += ['## Trials', '', f'`score`: the pooled, cross-fitted {metric} F1 the study maximises; `fold<k>`: that fold\'s own validation '
               f'F1 with thresholds tuned on it (optimistic; the pruner compares these epoch by epoch, averaged over the folds trained so far); '
-              f'`pruned_at`: the epoch after which the pruner stopped the trial.', '', markdown_table(shown.sort_values('score', ascending=False)) if len(shown) else 'none yet', '']
+              f'`pruned_at`: where the pruner stopped the trial (an epoch, or the end of a fold).', '', markdown_table(shown.sort_values('score', ascending=False)) if len(shown) else 'none yet', '']
     return write_atomic(out_dir / 'report.md', '\n'.join(lines))
 
 # %% ../nbs/04d_tune.ipynb #0000001a
