@@ -49,6 +49,12 @@ RECIPES = {'seed': SEED, 'ours': {}, 'ours-text': dict(title_input='both'), 'our
 RECIPES['posters8-best'] = dict(lr=0.007630014427964674, weight_decay=0.010637570708342387, width=32, depths='1,1,2,1',
                                 mixup=0.04234128481871511, dropout=0.2737422859474375, label_smoothing=0.04079972259185155,
                                 loss='bce', title_encoder='pool', fusion='concat')
+# The best recipe of the second study, posters8b (issue 21: trial 27; folds 1-2, 4 epochs, 72x48 posters, the pruner watching every
+# epoch; reports/studies/posters8b/), written out; trained at the stack's second network's schedule (72x48, 12 epochs, seed 2, as
+# `ours-48px`) by `movie-genre train --from-study posters8b --run-name posters8b-best --folds 1-8 -p epochs 12 -p seed 2`.
+RECIPES['posters8b-best'] = dict(image_size=48, seed=2, lr=0.004733147839930841, weight_decay=0.036684107153167306,
+                                 mixup=0.11378783321522555, dropout=0.1622181429340831, label_smoothing=0.057391189479073526,
+                                 loss='bce', title_encoder='conv', fusion='concat')
 # The unlabelled posters (issue 22). Pseudo-labels: fold k adds its own validation posters, unlabelled, soft-labelled by fold k
 # of `ours` (or of the TF-IDF member, 30 times cheaper to train), trained first. Pretraining: the poster network starts from a
 # SimCLR backbone learnt on every poster without labels, made first when missing (PRETRAININGS, by `movie-genre pretrain --name
